@@ -237,9 +237,7 @@ class CohortAggregator:
                     break
                 day = later[0]
             day_rows = by_date_rows.get((day,), pl.DataFrame(schema=_ROW_SCHEMA).drop("date"))
-            day_alerts = by_date_alerts.get(
-                (day,), pl.DataFrame(schema=_ALERT_SCHEMA).drop("date")
-            )
+            day_alerts = by_date_alerts.get((day,), pl.DataFrame(schema=_ALERT_SCHEMA).drop("date"))
             cohort_day, org_day, fired = self._finalise(day, day_rows, day_alerts)
             cohort_parts.append(cohort_day)
             org_parts.append(org_day)

@@ -6,8 +6,10 @@ standard library's `statistics` module as an independent formula.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import statistics
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ import orjson
 import polars as pl
 import pytest
 
+from operators.alerts import build_alerts
 from operators.cohorts import FIRED_SCHEMA, RULE, CohortAggregator, CohortOutput
 from schemas.tables import ALERTS, COHORT_DAILY, ORG_DAILY, USER_DAILY
 
@@ -28,7 +31,7 @@ def day(n: int) -> date:
 
 
 def user_daily(
-    rows: list[tuple[str, date, str | None, str | None, int, int, int, float | None, float]],
+    rows: Sequence[tuple[str, date, str | None, str | None, int, int, int, float | None, float]],
 ) -> pl.DataFrame:
     """(user_key, date, cohort_id, org_id, events, completions, scored_events, avg_score,
     time_spent_s) -> a USER_DAILY frame (other columns null)."""
@@ -50,7 +53,7 @@ def user_daily(
     return USER_DAILY.conform(frame)
 
 
-def alerts(rows: list[tuple[str | None, str, date, str | None, str | None]]) -> pl.DataFrame:
+def alerts(rows: Sequence[tuple[str | None, str, date, str | None, str | None]]) -> pl.DataFrame:
     """(alert_id, rule, date, cohort_id, org_id) -> an ALERTS frame (other columns null)."""
     cols = ("alert_id", "rule", "date", "cohort_id", "org_id")
     frame = pl.DataFrame(
@@ -60,7 +63,9 @@ def alerts(rows: list[tuple[str | None, str, date, str | None, str | None]]) -> 
     return ALERTS.conform(frame)
 
 
-def series_rows(cohort: str, org: str, counts: list[int | None], start: int = 0) -> pl.DataFrame:
+def series_rows(
+    cohort: str, org: str, counts: Sequence[int | None], start: int = 0
+) -> pl.DataFrame:
     """Rows giving `cohort` active_users = counts[i] on day(start + i): n active users (one
     completion each); 0 -> one inactive user-day (a row, active_users 0); None -> no row at all."""
     rows: list[tuple[str, date, str | None, str | None, int, int, int, float | None, float]] = []
@@ -271,7 +276,7 @@ def test_drop_fires_with_hand_worked_z() -> None:
     # day 9: x = 10, history 10,10,11,9,10,10,10,6: mean 76/8 = 9.5; squared deviations
     #   6*0.25 + 2.25 + 12.25 = 16; variance 16/7; std 1.512 -> z = 0.5/1.512 = 0.33 -> no.
     # day 10: x = 10 -> no.
-    counts: list[int | None] = [0, 10, 10, 11, 9, 10, 10, 10, 6, 10, 10]
+    counts: Sequence[int | None] = [0, 10, 10, 11, 9, 10, 10, 10, 6, 10, 10]
     agg = CohortAggregator()
     out = run_days(agg, series_rows("c1", "o1", counts), range(11))
 
@@ -305,12 +310,51 @@ def test_drop_fires_with_hand_worked_z() -> None:
     assert out.org_daily.filter(pl.col("date") == day(8))["alerts"].to_list() == [1]
 
 
+def test_fired_frame_passes_through_build_alerts() -> None:
+    # the series of test_drop_fires_with_hand_worked_z: z = -4 on day 8 -> |z| >= 4 -> high;
+    # and test_normal_day_rearms' second alert: z = -3.75 -> medium.
+    counts: Sequence[int | None] = [0, 10, 10, 11, 9, 10, 10, 10, 6, 10, 10]
+    out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(11))
+    built = build_alerts(out.cohort_alerts, emitted_at_us=EMITTED_US)
+    assert built.schema == ALERTS.schema
+    row = built.row(0, named=True)
+    # SPEC §6: alert_id = first 32 hex of SHA-256 of "rule|cohort_id|trigger"
+    expected_id = hashlib.sha256(b"cohort_engagement_drop|c1|2024-03-12").hexdigest()[:32]
+    assert (row["alert_id"], row["severity"], row["user_key"], row["cohort_id"]) == (
+        expected_id,
+        "high",
+        None,
+        "c1",
+    )
+    assert (row["org_id"], row["date"], row["event_time"]) == (
+        "o1",
+        day(8),
+        datetime(2024, 3, 13, tzinfo=UTC),
+    )
+    assert "6 active learners" in row["message"]
+
+    counts = [10] * 14 + [0, 10, 0]
+    out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(17))
+    built = build_alerts(out.cohort_alerts, emitted_at_us=EMITTED_US)
+    assert built.select("date", "severity").rows() == [(day(14), "high"), (day(16), "medium")]
+
+    # built alerts fed back into add() are not counted twice
+    agg = CohortAggregator()
+    agg.add(series_rows("c1", "o1", counts[:16]), NO_ALERTS)
+    first = agg.close_through(day(15), emitted_at_us=EMITTED_US)
+    agg.add(series_rows("c1", "o1", counts, 0).filter(pl.col("date") == day(16)), NO_ALERTS)
+    agg.add(user_daily([]), build_alerts(first.cohort_alerts, emitted_at_us=EMITTED_US))
+    assert agg.late_alerts == 0  # ignored by rule, before the lateness check
+    last = agg.close_through(day(16), emitted_at_us=EMITTED_US)
+    assert last.cohort_daily["alerts"].to_list() == [1]
+
+
 def test_edge_triggered_two_low_days_fire_once() -> None:
     # days 0-13: 10 each; day 14: 0 -> mean 10, std 0 -> floor 1 -> z = -10 -> fires.
     # day 15: 0, history 14 x 10 and 0: mean 140/15 = 9.333; squared deviations
     #   14 * 0.4444 + 87.11 = 93.33; variance 93.33/14 = 6.667; std 2.582
     #   -> z = -9.333/2.582 = -3.615 <= -3: still true, but the rule has not re-armed.
-    counts: list[int | None] = [10] * 14 + [0, 0]
+    counts: Sequence[int | None] = [10] * 14 + [0, 0]
     assert z_independent([10] * 14 + [0], 0) == pytest.approx(-3.615, abs=1e-3)
     out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(16))
     assert out.cohort_alerts["date"].to_list() == [day(14)]
@@ -323,7 +367,7 @@ def test_normal_day_rearms() -> None:
     # day 16: 0, history 14 x 10, 0, 10 (16 values): mean 150/16 = 9.375; squared deviations
     #   15 * 0.390625 + 87.890625 = 93.75; variance 93.75/15 = 6.25; std 2.5
     #   -> z = -9.375/2.5 = -3.75 -> fires again.
-    counts: list[int | None] = [10] * 14 + [0, 10, 0]
+    counts: Sequence[int | None] = [10] * 14 + [0, 10, 0]
     out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(17))
     assert out.cohort_alerts["date"].to_list() == [day(14), day(16)]
     ev = evidence(out.cohort_alerts)[1]
@@ -340,7 +384,7 @@ def test_fewer_than_seven_history_values_no_alert() -> None:
     # days 0-5: 10 (6 values); day 6: 0 -> history of 6 < 7 -> z null -> no alert.
     # day 7: 0, history 10 x 6, 0 (7 values): mean 60/7 = 8.571; squared deviations
     #   6 * 2.041 + 73.47 = 85.71; variance 14.29; std 3.780 -> z = -2.268 -> no alert.
-    counts: list[int | None] = [10] * 6 + [0, 0]
+    counts: Sequence[int | None] = [10] * 6 + [0, 0]
     assert z_independent([10] * 6 + [0], 0) == pytest.approx(-2.268, abs=1e-3)
     out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(8))
     assert out.cohort_alerts.height == 0
