@@ -8,6 +8,7 @@ then (replaced by `user_key`), and fields outside the allow-list never enter it.
 from __future__ import annotations
 
 import polars as pl
+from polars._typing import PolarsDataType
 
 COMPLETION_TYPES = (
     "lesson_completed",
@@ -40,7 +41,7 @@ INPUT_FIELDS = (
 REQUIRED_FIELDS = ("event_id", "user_id", "type", "timestamp")
 
 #: the columnar event batch every stage after decode works on
-EVENT_BATCH_SCHEMA: dict[str, pl.DataType] = {
+EVENT_BATCH_SCHEMA: dict[str, PolarsDataType] = {
     # arrival order within the source partition (0, 1, 2, ... across batches)
     "seq": pl.Int64,
     # `file:<path>:<line>` or `kafka:<topic>/<partition>/<offset>`
@@ -65,7 +66,7 @@ EVENT_BATCH_SCHEMA: dict[str, pl.DataType] = {
 }
 
 #: dead letters produced by decode
-REJECTED_BATCH_SCHEMA: dict[str, pl.DataType] = {
+REJECTED_BATCH_SCHEMA: dict[str, PolarsDataType] = {
     "seq": pl.Int64,
     "source_ref": pl.String,
     "reason": pl.String,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+from polars._typing import PolarsDataType
 
 UTC_TS = pl.Datetime("us", "UTC")
 STR = pl.String
@@ -22,7 +23,7 @@ class Table:
     """One analyst table: its columns in order, its key and how it is stored."""
 
     name: str
-    schema: dict[str, pl.DataType]
+    schema: dict[str, PolarsDataType]
     key: tuple[str, ...]
     #: hive partition column (`date=YYYY-MM-DD`), or None for an unpartitioned table
     partition: str | None = "date"
@@ -48,7 +49,7 @@ class Table:
         return pl.DataFrame(schema=self.schema)
 
 
-_DAILY_AGG: dict[str, pl.DataType] = {
+_DAILY_AGG: dict[str, PolarsDataType] = {
     "active_users": I64,
     "events": I64,
     "completions": I64,
