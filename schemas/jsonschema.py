@@ -51,7 +51,10 @@ def all_json_schemas() -> dict[str, Any]:
         )
     topics: dict[str, Any] = {
         TOPICS["events"]: _schema(
-            InputEvent, "validation", "key: any (e.g. user_id); value: one input event"
+            InputEvent,
+            "validation",
+            "key: chosen by producers (keying by user keeps a user's events in order); "
+            "value: one input event",
         ),
         TOPICS["alerts"]: _schema(
             TOPIC_MODELS["alerts"], "serialization", "key: user_key, or cohort_id for cohort alerts"

@@ -14,7 +14,6 @@ floats become `null`.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 from typing import Any, Literal
 
@@ -139,7 +138,7 @@ class DeadLetterMessage(_Message):
         if self.payload_encoding == "base64":
             try:
                 base64.b64decode(self.payload, validate=True)
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or non-ASCII text
                 raise ValueError(f"payload is not base64: {exc}") from exc
         return self
 

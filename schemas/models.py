@@ -159,10 +159,10 @@ class InputEvent(BaseModel):
     """One learning event as producers send it (SPEC §1): a JSON object per message or line.
 
     Unknown fields are dropped (the allow-list of SPEC §1). `skill_area` is accepted as an alias
-    of `skill`; when both are present `skill` wins. Explicit `null` in an optional field means
-    absent. Not checked here, because they need pipeline state or the clock: duplicates
-    (`dedup_horizon`), `timestamp_in_future` (processing time + `max_clock_skew`), `oversized`
-    and lateness. `rejection_reason` maps a validation error to the SPEC §2 reason.
+    of `skill`; when both are present and `skill` is not null, `skill` wins. Explicit `null` in an
+    optional field means absent. Not checked here, because they need pipeline state or the
+    clock: duplicates (`dedup_horizon`), `timestamp_in_future` (processing time +
+    `max_clock_skew`), `oversized` and lateness. `rejection_reason` maps a validation error to the SPEC §2 reason.
     """
 
     model_config = ConfigDict(
