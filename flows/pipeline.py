@@ -1,0 +1,448 @@
+"""The learnstream dataflow: wiring only; the analytics live in `operators/`.
+
+```
+source ──(partition, RawBatch)──> ingest ──(shard, ShardInput)──> users ──(all, CohortInput)──> cohorts
+ files|kafka                      decode, dedup,                  per-shard UserAnalytics         CohortAggregator
+                                  watermark, late                 (days, streaks, alerts, state)
+        every stage also emits ("table", name, frame) -> TablesSink (Parquet + DuckDB, one writer)
+                               ("topic", name, messages) -> Kafka topics (live mode)
+                               ("count", "run", counters) -> run accounting -> pipeline_runs
+```
+
+The watermark travels with the data: `ingest` sends every shard a sub-batch (possibly empty) with
+the watermark after each micro-batch, so every shard closes days at the same watermark whatever the
+number of workers, and `cohorts` finalises a date only once every shard has passed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import Sink
+
+from learnstream.config import Settings
+from operators.cohorts import CohortAggregator
+from operators.decode import RawBatch, decode_batch
+from operators.ingest import Admission
+from operators.pseudonymize import Pseudonymizer
+from operators.users import UserAnalytics
+from schemas.events import EVENT_BATCH_SCHEMA
+from schemas.tables import ALERTS, LATE_EVENTS, PIPELINE_RUNS, REJECTED_EVENTS
+from sinks.bytewax_tables import TablesSink
+
+Envelope = tuple[str, str, Any]  # (kind, route key, payload)
+US_PER_HOUR = 3_600_000_000
+EMPTY_EVENTS = pl.DataFrame(schema=EVENT_BATCH_SCHEMA)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _us(delta: timedelta) -> int:
+    return int(delta / timedelta(microseconds=1))
+
+
+@dataclass
+class ShardInput:
+    """Accepted events of one shard from one micro-batch, and the watermark after it."""
+
+    events: pl.DataFrame
+    watermark_us: int | None
+    final: bool
+    source: str
+    received_at_us: int
+
+
+@dataclass
+class CohortInput:
+    user_daily: pl.DataFrame
+    alerts: pl.DataFrame
+    shard: str
+    watermark_us: int | None
+    final: bool
+
+
+@dataclass
+class Publish:
+    """Kafka topics to publish to (live mode); None of these in a file run."""
+
+    alerts: str
+    metrics: str
+    dlq: str
+
+
+@dataclass
+class FlowConfig:
+    settings: Settings
+    out_dir: Path
+    run_id: str
+    secret: bytes
+    publish: Publish | None = None
+    started_at_us: int = field(default_factory=now_us)
+    #: live mode: advance the watermark to wall-clock time after `idle_timeout` without events
+    live: bool = False
+
+
+def shard_of(user_keys: pl.Expr, shards: int) -> pl.Expr:
+    """Stable shard of a user: the first 8 hex digits of user_key modulo the shard count."""
+    return user_keys.str.slice(0, 8).str.to_integer(base=16) % shards
+
+
+def _late_rows(late: pl.DataFrame, received_at_us: int, emitted_at_us: int) -> pl.DataFrame:
+    return LATE_EVENTS.conform(
+        late.with_columns(
+            received_at=pl.lit(received_at_us).cast(pl.Datetime("us", "UTC")),
+            event_time=pl.col("t_us").cast(pl.Datetime("us", "UTC")),
+            emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
+        )
+    )
+
+
+class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
+    """Decode, de-duplicate, watermark and lateness for one source partition."""
+
+    def __init__(self, cfg: FlowConfig, resume: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.settings = cfg.settings
+        self.pseudonymizer = Pseudonymizer(cfg.secret)
+        self.admission = Admission(cfg.settings)
+        self.seq = 0
+        self.last_item_wall_us = now_us()
+        self.idle_us = _us(cfg.settings.idle_timeout)
+        self.ooo_us = _us(cfg.settings.max_out_of_orderness)
+        self.idle_watermark_us: int | None = None
+        if resume is not None:
+            self.seq = resume["seq"]
+            self.admission.restore(resume["admission"])
+            self.idle_watermark_us = resume.get("idle_watermark_us")
+
+    def _watermark(self) -> int | None:
+        marks = [m for m in (self.admission.watermark_us, self.idle_watermark_us) if m is not None]
+        return max(marks) if marks else None
+
+    def on_item(self, value: RawBatch) -> tuple[Iterable[Envelope], bool]:
+        emitted = now_us()
+        self.last_item_wall_us = emitted
+        decoded = decode_batch(
+            value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq
+        )
+        self.seq += len(value.lines)
+        admitted = self.admission.admit(decoded.events)
+        out: list[Envelope] = []
+        out.extend(self._to_shards(admitted.accepted, final=False, received_at_us=value.received_at_us))
+        if len(decoded.rejected):
+            rows = REJECTED_EVENTS.conform(
+                decoded.rejected.with_columns(
+                    received_at=pl.lit(value.received_at_us).cast(pl.Datetime("us", "UTC")),
+                    emitted_at=pl.lit(emitted).cast(pl.Datetime("us", "UTC")),
+                ).with_columns(date=pl.col("received_at").dt.date())
+            )
+            out.append(("table", REJECTED_EVENTS.name, rows))
+            if self.cfg.publish is not None:
+                from schemas.messages import dead_letter_messages
+
+                out.append(("topic", self.cfg.publish.dlq, dead_letter_messages(rows)))
+        if len(admitted.late):
+            out.append(("table", LATE_EVENTS.name, _late_rows(admitted.late, value.received_at_us, emitted)))
+        out.append(
+            (
+                "count",
+                "run",
+                {
+                    "records_in": len(value.lines),
+                    "rejected": len(decoded.rejected),
+                    "duplicates": admitted.duplicates,
+                    "late": len(admitted.late),
+                },
+            )
+        )
+        return out, StatefulLogic.RETAIN
+
+    def _to_shards(
+        self, events: pl.DataFrame, *, final: bool, received_at_us: int
+    ) -> list[Envelope]:
+        shards = self.settings.shards
+        watermark = self.admission.max_event_us if final else self._watermark()
+        parts: dict[int, pl.DataFrame] = {}
+        if len(events):
+            keyed = events.with_columns(_shard=shard_of(pl.col("user_key"), shards))
+            for (shard,), part in keyed.partition_by("_shard", as_dict=True).items():
+                parts[int(shard)] = part.drop("_shard")  # type: ignore[arg-type]
+        return [
+            (
+                "shard",
+                str(k),
+                ShardInput(parts.get(k, EMPTY_EVENTS), watermark, final, "", received_at_us),
+            )
+            for k in range(shards)
+        ]
+
+    def notify_at(self) -> datetime | None:
+        if not self.cfg.live:
+            return None
+        return datetime.fromtimestamp((self.last_item_wall_us + self.idle_us) / 1e6, tz=timezone.utc)
+
+    def on_notify(self) -> tuple[Iterable[Envelope], bool]:
+        """Idle for `idle_timeout`: the watermark moves to wall-clock time minus out-of-orderness."""
+        wall = now_us()
+        self.last_item_wall_us = wall
+        candidate = wall - self.ooo_us
+        current = self._watermark()
+        if current is not None and candidate <= current:
+            return [], StatefulLogic.RETAIN
+        self.idle_watermark_us = candidate
+        return self._to_shards(EMPTY_EVENTS, final=False, received_at_us=wall), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Envelope], bool]:
+        if self.cfg.live:
+            return [], StatefulLogic.RETAIN
+        return self._to_shards(EMPTY_EVENTS, final=True, received_at_us=now_us()), StatefulLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "admission": self.admission.snapshot(),
+            "idle_watermark_us": self.idle_watermark_us,
+        }
+
+
+class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
+    """One shard's users: UserAnalytics fed with micro-batches and watermarks."""
+
+    def __init__(self, shard: str, cfg: FlowConfig, resume: dict[str, Any] | None) -> None:
+        self.shard = shard
+        self.cfg = cfg
+        self.users = (
+            UserAnalytics.restore(resume["users"]) if resume is not None else UserAnalytics(cfg.settings)
+        )
+        self.watermarks: dict[str, int] = dict(resume["watermarks"]) if resume is not None else {}
+
+    def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
+        emitted = now_us()
+        out: list[Envelope] = []
+        got = self.users.ingest(value.events, emitted_at_us=emitted)
+        if value.watermark_us is not None:
+            self.watermarks[value.source] = max(value.watermark_us, self.watermarks.get(value.source, value.watermark_us))
+        watermark = max(self.watermarks.values()) if self.watermarks else None
+        closed = self.users.advance(watermark, final=value.final, emitted_at_us=emitted)
+        alerts = pl.concat([got.alerts, closed.alerts])
+        late = got.late
+        tables = {
+            "user_daily": closed.user_daily,
+            "user_skill_daily": closed.user_skill_daily,
+            "user_state": closed.user_state,
+            "user_skill_state": closed.user_skill_state,
+            "alerts": alerts,
+        }
+        for name, frame in tables.items():
+            if len(frame):
+                out.append(("table", name, frame))
+        if len(late):
+            out.append(("table", LATE_EVENTS.name, _late_rows(late, value.received_at_us, emitted)))
+        publish = self.cfg.publish
+        if publish is not None:
+            from schemas.messages import alert_messages, metric_messages
+
+            if len(alerts):
+                out.append(("topic", publish.alerts, alert_messages(alerts)))
+            if len(closed.user_daily):
+                out.append(("topic", publish.metrics, metric_messages("user_day", closed.user_daily)))
+            if len(closed.user_state):
+                out.append(("topic", publish.metrics, metric_messages("user_state", closed.user_state)))
+        out.append(
+            (
+                "cohort",
+                "all",
+                CohortInput(closed.user_daily, alerts, self.shard, watermark, value.final),
+            )
+        )
+        out.append(
+            ("count", "run", {"accepted": got.accepted, "late": len(late), "alerts": len(alerts), "watermark": watermark})
+        )
+        return out, StatefulLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"users": self.users.snapshot(), "watermarks": dict(self.watermarks)}
+
+
+class CohortLogic(StatefulLogic[CohortInput, Envelope, dict[str, Any]]):
+    """All cohorts and organisations; a date is final once every shard's watermark passed it."""
+
+    def __init__(self, cfg: FlowConfig, resume: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.lateness_us = _us(cfg.settings.allowed_lateness)
+        if resume is not None:
+            self.agg = CohortAggregator.restore(resume["agg"])
+            self.shard_marks: dict[str, int] = resume["shard_marks"]
+            self.finals: set[str] = set(resume["finals"])
+            self.max_date: date | None = resume["max_date"]
+        else:
+            self.agg = CohortAggregator()
+            self.shard_marks = {}
+            self.finals = set()
+            self.max_date = None
+
+    def on_item(self, value: CohortInput) -> tuple[Iterable[Envelope], bool]:
+        self.agg.add(value.user_daily, value.alerts)
+        if len(value.user_daily):
+            top = value.user_daily["date"].max()
+            if isinstance(top, date) and (self.max_date is None or top > self.max_date):
+                self.max_date = top
+        if value.watermark_us is not None:
+            self.shard_marks[value.shard] = value.watermark_us
+        if value.final:
+            self.finals.add(value.shard)
+        shards = self.cfg.settings.shards
+        if len(self.finals) == shards:
+            through = self.max_date
+        elif len(self.shard_marks) == shards:
+            # a date is closed in every zone (UTC-12 is the last) once the slowest shard's
+            # watermark is past its end there plus the allowed lateness
+            slowest = min(self.shard_marks.values()) - self.lateness_us - 12 * US_PER_HOUR
+            through = datetime.fromtimestamp(slowest / 1e6, tz=timezone.utc).date() - timedelta(days=1)
+        else:
+            through = None
+        if through is None:
+            return [], StatefulLogic.RETAIN
+        emitted = now_us()
+        result = self.agg.close_through(through, emitted_at_us=emitted)
+        out: list[Envelope] = []
+        if len(result.cohort_daily):
+            out.append(("table", "cohort_daily", result.cohort_daily))
+        if len(result.org_daily):
+            out.append(("table", "org_daily", result.org_daily))
+        if len(result.cohort_alerts):
+            from operators.alerts import build_alerts
+
+            alerts = build_alerts(result.cohort_alerts, emitted_at_us=emitted)
+            out.append(("table", ALERTS.name, alerts))
+            out.append(("count", "run", {"alerts": len(alerts)}))
+            if self.cfg.publish is not None:
+                from schemas.messages import alert_messages
+
+                out.append(("topic", self.cfg.publish.alerts, alert_messages(alerts)))
+        return out, StatefulLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "agg": self.agg.snapshot(),
+            "shard_marks": dict(self.shard_marks),
+            "finals": sorted(self.finals),
+            "max_date": self.max_date,
+        }
+
+
+class RunLogic(StatefulLogic[dict[str, Any], Envelope, dict[str, Any]]):
+    """Counts every record's fate; writes the `pipeline_runs` row (SPEC §2 accounting)."""
+
+    FIELDS = ("records_in", "accepted", "rejected", "duplicates", "late", "alerts")
+
+    def __init__(self, cfg: FlowConfig, resume: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.counts: dict[str, int] = dict.fromkeys(self.FIELDS, 0)
+        self.watermark_us: int | None = None
+        self.last_row_us = 0
+        if resume is not None:
+            self.counts.update(resume["counts"])
+            self.watermark_us = resume["watermark_us"]
+
+    def on_item(self, value: dict[str, Any]) -> tuple[Iterable[Envelope], bool]:
+        for name in self.FIELDS:
+            self.counts[name] += int(value.get(name, 0) or 0)
+        mark = value.get("watermark")
+        if mark is not None:
+            self.watermark_us = mark if self.watermark_us is None else max(self.watermark_us, mark)
+        if self.cfg.live and now_us() - self.last_row_us > 5_000_000:
+            return [self.row()], StatefulLogic.RETAIN
+        return [], StatefulLogic.RETAIN
+
+    def row(self) -> Envelope:
+        self.last_row_us = ended = now_us()
+        frame = pl.DataFrame(
+            {
+                "run_id": [self.cfg.run_id],
+                "started_at": [self.cfg.started_at_us],
+                "ended_at": [ended],
+                **{k: [v] for k, v in self.counts.items()},
+                "watermark": [self.watermark_us],
+                "emitted_at": [ended],
+            },
+            schema_overrides={"watermark": pl.Int64},
+        ).with_columns(
+            pl.col("started_at", "ended_at", "watermark", "emitted_at").cast(pl.Datetime("us", "UTC"))
+        ).with_columns(date=pl.col("started_at").dt.date())
+        return ("table", PIPELINE_RUNS.name, PIPELINE_RUNS.conform(frame))
+
+    def on_eof(self) -> tuple[Iterable[Envelope], bool]:
+        return [self.row()], StatefulLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "watermark_us": self.watermark_us}
+
+
+def _kind(stream: op.Stream[Envelope], kind: str) -> op.KeyedStream[Any]:
+    step = f"{kind}_items"
+    picked = op.filter(step, stream, lambda e: e[0] == kind)
+    return op.map(f"{kind}_key", picked, lambda e: (e[1], e[2]))
+
+
+def build_flow(
+    source: Source[tuple[str, RawBatch]],
+    cfg: FlowConfig,
+    *,
+    topics_sink: Sink[Any] | None = None,
+) -> Dataflow:
+    """The whole pipeline as a Bytewax Dataflow, from a source of `(partition, RawBatch)`."""
+    flow = Dataflow("learnstream")
+    raw = op.input("read", flow, source)
+    ingested = op.stateful("ingest", raw, lambda resume: IngestLogic(cfg, resume))
+    ingest_out = op.key_rm("ingest_out", op.map("ingest_tag", ingested, _tag_source))
+
+    users = op.stateful(
+        "users",
+        _kind(ingest_out, "shard"),
+        lambda resume: UserLogic("?", cfg, resume),
+    )
+    users_out = op.key_rm("users_out", op.map("users_tag", users, _tag_shard))
+
+    cohorts = op.stateful(
+        "cohorts", _kind(users_out, "cohort"), lambda resume: CohortLogic(cfg, resume)
+    )
+    cohorts_out = op.key_rm("cohorts_out", cohorts)
+
+    everything = op.merge("all_out", ingest_out, users_out, cohorts_out)
+    runs = op.stateful("runs", _kind(everything, "count"), lambda resume: RunLogic(cfg, resume))
+    final = op.merge("with_runs", everything, op.key_rm("runs_out", runs))
+
+    tables = _kind(final, "table")
+    op.output("tables", tables, TablesSink(cfg.out_dir, commit_interval=cfg.settings.snapshot_interval))
+    if topics_sink is not None:
+        op.output("topics", _kind(final, "topic"), topics_sink)
+    return flow
+
+
+def _tag_source(item: tuple[str, Envelope]) -> tuple[str, Envelope]:
+    """Stamp shard inputs with the source partition they came from (the ingest key)."""
+    partition, envelope = item
+    if isinstance(envelope[2], ShardInput):
+        envelope[2].source = partition
+    return partition, envelope
+
+
+def _tag_shard(item: tuple[str, Envelope]) -> tuple[str, Envelope]:
+    shard, envelope = item
+    kind, key, payload = envelope
+    if isinstance(payload, CohortInput):
+        payload.shard = shard
+    return shard, (kind, key, payload)

@@ -1,0 +1,280 @@
+"""`learnstream` command line (SPEC §8).
+
+Exit status: 0 on success; 2 with a one-line message naming the bad value (and the fix) on bad
+arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from learnstream.config import ConfigError, Settings, load_settings
+
+DEMO_USERS = 400
+DEMO_DAYS = 30
+
+
+class UsageError(Exception):
+    """Bad arguments: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _positive(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="learnstream", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the pipeline on files (finite) or Kafka (live)")
+    run.add_argument("--source", required=True, help="file:PATH[,PATH...] or kafka")
+    run.add_argument("--out", required=True, type=Path, help="output directory")
+    run.add_argument("--bootstrap", help="Kafka bootstrap HOST:PORT (with --source kafka)")
+    run.add_argument("--events-topic", default="learning.events")
+    run.add_argument("--alerts-topic", default="learning.alerts")
+    run.add_argument("--metrics-topic", default="learning.metrics")
+    run.add_argument("--dlq-topic", default="learning.events.dlq")
+    run.add_argument("--kafka-config", type=Path, help="librdkafka settings (JSON object or key=value lines)")
+    run.add_argument("--workers", type=_positive("--workers"), default=1, help="worker processes")
+    run.add_argument("--recovery-dir", type=Path, help="crash recovery directory")
+    run.add_argument("--config", type=Path, help="thresholds file (JSON or TOML)")
+    run.add_argument("--stop-at-end", action="store_true", help="Kafka: stop at the end of the topic")
+
+    gen = sub.add_parser("generate", help="write reproducible synthetic events as JSONL")
+    gen.add_argument("--users", type=_positive("--users"), required=True)
+    gen.add_argument("--days", type=_positive("--days"), required=True)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--out", type=Path, required=True, help="output JSONL file")
+    gen.add_argument("--bad-fraction", type=_fraction, default=0.0)
+    gen.add_argument("--duplicate-fraction", type=_fraction, default=0.0)
+
+    demo = sub.add_parser("demo", help="generate events, run the flow, print a summary")
+    demo.add_argument("--out", type=Path, default=Path("out"))
+    demo.add_argument("--users", type=_positive("--users"), default=DEMO_USERS)
+    demo.add_argument("--days", type=_positive("--days"), default=DEMO_DAYS)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--no-broker", action="store_true", help="skip the local-broker part")
+
+    sub.add_parser("schema", help="print the JSON Schema of every message and table")
+
+    query = sub.add_parser("query", help="run SQL with DuckDB over an output directory")
+    query.add_argument("--out", type=Path, default=Path("out"))
+    query.add_argument("sql", help="SQL; tables: the DuckDB tables, or parquet views pq_<table>")
+
+    broker = sub.add_parser("broker", help="start a local Kafka-compatible broker (Tansu)")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--partitions", type=_positive("--partitions"), default=3)
+    broker.add_argument("--topics", default="learning.events,learning.alerts,learning.metrics,learning.events.dlq")
+    return parser
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _parse_source(text: str) -> tuple[str, list[Path]]:
+    if text == "kafka":
+        return "kafka", []
+    if not text.startswith("file:") or len(text) <= len("file:"):
+        raise UsageError(f"learnstream run: bad --source {text!r}: use file:PATH[,PATH...] or kafka")
+    paths = [Path(p) for p in text[len("file:") :].split(",") if p]
+    for path in paths:
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise UsageError(f"learnstream run: cannot read input file {str(path)!r}: check the path in --source")
+    return "file", paths
+
+
+def _kafka_config(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"learnstream run: cannot read --kafka-config {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError
+        return {str(k): str(v) for k, v in data.items()}
+    except ValueError:
+        pairs = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "=" not in line:
+                raise UsageError(
+                    f"learnstream run: bad line {line!r} in --kafka-config {str(path)!r}: use key=value"
+                ) from None
+            key, value = line.split("=", 1)
+            pairs[key.strip()] = value.strip()
+        return pairs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from learnstream.runner import KafkaSpec, RunSpec, run_flow
+
+    kind, paths = _parse_source(args.source)
+    settings = _settings(args.config)
+    secret = settings.key_bytes()
+    kafka = None
+    if kind == "kafka":
+        if not args.bootstrap:
+            raise UsageError("learnstream run: --source kafka needs --bootstrap HOST:PORT")
+        kafka = KafkaSpec(
+            bootstrap=args.bootstrap,
+            events_topic=args.events_topic,
+            alerts_topic=args.alerts_topic,
+            metrics_topic=args.metrics_topic,
+            dlq_topic=args.dlq_topic,
+            config=_kafka_config(args.kafka_config),
+            stop_at_end=args.stop_at_end,
+        )
+        # SIGTERM stops a live run the way SIGINT does: cleanly, outputs committed
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    spec = RunSpec(settings=settings, out_dir=args.out, secret=secret, paths=paths, kafka=kafka,
+                   recovery_dir=args.recovery_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.recovery_dir is not None:
+        _prepare_recovery(args.recovery_dir, args.workers)
+    try:
+        summary = run_flow(spec, workers=args.workers)
+    except KeyboardInterrupt:
+        from learnstream.runner import run_summary
+
+        summary = run_summary(spec.out_dir, spec.run_id)
+    _print_counts(summary)
+    return 0
+
+
+def _prepare_recovery(directory: Path, workers: int) -> None:
+    """Create the recovery partitions on first use (Bytewax needs them before the run)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.glob("part-*.sqlite3")):
+        return
+    from bytewax.recovery import init_db_dir
+
+    init_db_dir(directory, max(1, workers))
+
+
+def _print_counts(summary: dict[str, Any]) -> None:
+    if not summary:
+        print("run finished; no pipeline_runs row was written")
+        return
+    keys = ("records_in", "accepted", "rejected", "duplicates", "late", "alerts")
+    print("  ".join(f"{k}={summary.get(k)}" for k in keys) + f"  watermark={summary.get('watermark')}")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from sources.generator import write_events
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    stats = write_events(
+        args.out,
+        users=args.users,
+        days=args.days,
+        seed=args.seed,
+        bad_fraction=args.bad_fraction,
+        duplicate_fraction=args.duplicate_fraction,
+    )
+    print(f"wrote {stats.events} events ({stats.bad} bad) for {stats.users} users to {stats.path}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from schemas.jsonschema import render
+
+    print(render())
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from learnstream.query import run_query
+
+    print(run_query(args.out, args.sql))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from learnstream.broker import LocalBroker
+
+    topics = [t for t in args.topics.split(",") if t]
+    with LocalBroker(port=args.port) as broker:
+        broker.create_topics(topics, partitions=args.partitions)
+        print(f"broker ready: bootstrap {broker.bootstrap}; topics {', '.join(topics)}", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("broker stopped")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from learnstream.demo import run_demo
+
+    return run_demo(args.out, users=args.users, days=args.days, seed=args.seed, broker=not args.no_broker)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "generate": cmd_generate,
+    "schema": cmd_schema,
+    "query": cmd_query,
+    "broker": cmd_broker,
+    "demo": cmd_demo,
+}
+
+
+def dev_key() -> str:
+    """A throwaway pseudonymisation key for `demo` (never for real data)."""
+    return secrets.token_hex(32)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError) as exc:
+        message = str(exc)
+        if isinstance(exc, ConfigError) and not message.startswith("learnstream"):
+            message = f"learnstream: {message}"
+        print(message, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

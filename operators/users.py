@@ -1,0 +1,768 @@
+"""Per-user analytics for one shard: open days, closing days, streaks, anomalies, day rules, state.
+
+`UserAnalytics` is pure (no I/O, no Bytewax) and columnar. Users get a *slot* (row index) on first
+sight; numeric per-user state lives in numpy arrays indexed by slot, and every update is a vectorised
+operation over the slots a batch or a closing day touches.
+
+Two entry points, called in this order for every micro-batch of accepted events:
+
+* `ingest(events)` folds events into the *open days* (per user and local day) and runs the
+  event-triggered alert rules (`struggling`, `low_performance`).
+* `advance(watermark_us, final=...)` closes every local day the watermark has passed (SPEC §4), one
+  day-step at a time over all lagging users at once, emitting `user_daily` / `user_skill_daily` rows,
+  updating streaks and anomaly baselines and firing the day rules; then it evaluates `user_state` and
+  `user_skill_state` as of the watermark for every user whose state changed.
+
+Bounded state (horizon of each piece):
+
+* per-user scalars (streak counters, armed flags, last values): fixed size per user; users idle for
+  `state_ttl` are evicted by `evict_idle` after their final `user_state` row was written.
+* daily rings of the last 28 closed days (completions, time spent) and of the last 28 scored days'
+  mean score: the anomaly baselines; fixed size per user.
+* open days: only days not yet closed (today and yesterday, within `allowed_lateness`).
+* `recent`: accepted events of the trailing 7 days (for `engagement_7d`); `scored`: scored events of the
+  trailing `trend_window` (trends, strengths, weaknesses). Bounded by time, not by history length.
+* the event-rule state: the last 5 scored events and the last assessment score per user.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from learnstream.config import Settings
+from operators.alerts import build_alerts
+from operators.event_rules import apply_event_rules, empty_event_rule_state, struggling_now
+from operators.timeutil import US_PER_DAY, day_end_us, local_day_of
+from operators.trends import skill_profile, trend_stats
+from schemas.events import ASSESSMENT_TYPES, COMPLETION_TYPES, EVENT_BATCH_SCHEMA
+from schemas.tables import (
+    ALERTS,
+    USER_DAILY,
+    USER_SKILL_DAILY,
+    USER_SKILL_STATE,
+    USER_STATE,
+)
+
+RING = 28  # days of history behind an anomaly score (SPEC §5: the previous <= 28 values)
+MIN_HISTORY = 7  # values needed for an anomaly score
+FLOOR_COMPLETIONS = 1.0
+FLOOR_TIME_S = 300.0
+FLOOR_SCORE = 5.0
+_NO_DAY = np.iinfo(np.int32).min
+_EPOCH = Date(1970, 1, 1)
+
+_PER_TYPE = {
+    "lessons_completed": "lesson_completed",
+    "exercises_completed": "exercise_completed",
+    "quizzes_completed": "quiz_completed",
+    "assessments_completed": "assessment_completed",
+    "materials_completed": "material_completed",
+}
+
+_OPEN_DAY_SCHEMA: dict[str, pl.DataType] = {
+    "slot": pl.Int64,
+    "date": pl.Date,
+    "events": pl.Int64,
+    "completions": pl.Int64,
+    **{name: pl.Int64 for name in _PER_TYPE},
+    "sessions": pl.Int64,
+    "scored_events": pl.Int64,
+    "score_sum": pl.Float64,
+    "min_score": pl.Float64,
+    "max_score": pl.Float64,
+    "excellent_scores": pl.Int64,
+    "time_spent_s": pl.Float64,
+    "xp": pl.Int64,
+    "cohort_id": pl.String,
+    "cohort_seq": pl.Int64,
+    "org_id": pl.String,
+    "org_seq": pl.Int64,
+}
+_OPEN_SKILL_SCHEMA: dict[str, pl.DataType] = {
+    "slot": pl.Int64,
+    "date": pl.Date,
+    "skill": pl.String,
+    "completions": pl.Int64,
+    "scored_events": pl.Int64,
+    "score_sum": pl.Float64,
+    "time_spent_s": pl.Float64,
+}
+_RECENT_SCHEMA: dict[str, pl.DataType] = {
+    "slot": pl.Int64,
+    "t_us": pl.Int64,
+    "time_spent_s": pl.Float64,
+    "completion": pl.Int64,
+}
+_SCORED_SCHEMA: dict[str, pl.DataType] = {
+    "slot": pl.Int64,
+    "skill": pl.String,
+    "t_us": pl.Int64,
+    "score": pl.Float64,
+}
+
+
+def _us(delta: timedelta) -> int:
+    return int(delta / timedelta(microseconds=1))
+
+
+def _iso(day: int) -> str:
+    return (_EPOCH + timedelta(days=int(day))).isoformat()
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass
+class UserOutput:
+    """What one call emits; every frame is conformed to its table (or EVENT_BATCH_SCHEMA)."""
+
+    user_daily: pl.DataFrame = field(default_factory=USER_DAILY.empty)
+    user_skill_daily: pl.DataFrame = field(default_factory=USER_SKILL_DAILY.empty)
+    user_state: pl.DataFrame = field(default_factory=USER_STATE.empty)
+    user_skill_state: pl.DataFrame = field(default_factory=USER_SKILL_STATE.empty)
+    alerts: pl.DataFrame = field(default_factory=ALERTS.empty)
+    late: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=EVENT_BATCH_SCHEMA))
+    accepted: int = 0
+
+
+class _Arrays:
+    """Numeric per-user state, one entry per slot (grown by doubling)."""
+
+    INT32 = (
+        "zone",
+        "last_closed",
+        "first_active",
+        "last_active",
+        "streak",
+        "last_run",
+        "longest",
+        "days_active",
+        "inactive_run",
+        "scored_days",
+        "last_scored_day",
+    )
+    #: day-valued entries start as "no day"; the other int32 entries are counters starting at 0
+    DAYS = ("last_closed", "first_active", "last_active", "last_scored_day")
+    INT64 = ("first_seen_us", "last_activity_us", "total_completions")
+    FLOAT = ("velocity_7d", "consistency_7d", "z_velocity", "z_engagement", "z_performance")
+    BOOL = ("armed_off_lc", "armed_off_vel", "armed_off_eng", "armed_off_perf", "dirty")
+    RINGS = ("ring_completions", "ring_time", "ring_score")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = 0
+        self.data: dict[str, np.ndarray] = {}
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        def extend(name: str, dtype: Any, fill: Any, width: int | None = None) -> None:
+            shape = (capacity,) if width is None else (capacity, width)
+            fresh = np.full(shape, fill, dtype=dtype)
+            if name in self.data:
+                fresh[: self.capacity] = self.data[name]
+            self.data[name] = fresh
+
+        for name in self.INT32:
+            extend(name, np.int32, _NO_DAY if name in self.DAYS else 0)
+        for name in self.INT64:
+            extend(name, np.int64, 0)
+        for name in self.FLOAT:
+            extend(name, np.float64, np.nan)
+        for name in self.BOOL:
+            extend(name, np.bool_, False)
+        for name in self.RINGS:
+            extend(name, np.float64, 0.0, RING)
+        self.capacity = capacity
+
+    def ensure(self, size: int) -> None:
+        if size > self.capacity:
+            self._grow(max(size, 2 * self.capacity))
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["data"][name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+class UserAnalytics:
+    """All per-user state of one shard and the operators over it (see module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lateness_us = _us(settings.allowed_lateness)
+        self.trend_window_us = _us(settings.trend_window)
+        self.streak_alert_min = settings.streak_alert_min
+        self.size = 0
+        self.a = _Arrays()
+        self.slots = pl.DataFrame(schema={"user_key": pl.String, "slot": pl.Int64})
+        self.cohort_id = pl.Series("cohort_id", [], dtype=pl.String)
+        self.org_id = pl.Series("org_id", [], dtype=pl.String)
+        self.zones: list[str] = []
+        self.open_days = pl.DataFrame(schema=_OPEN_DAY_SCHEMA)
+        self.open_skill_days = pl.DataFrame(schema=_OPEN_SKILL_SCHEMA)
+        self.recent = pl.DataFrame(schema=_RECENT_SCHEMA)
+        self.scored = pl.DataFrame(schema=_SCORED_SCHEMA)
+        self.skills = pl.DataFrame(schema={"slot": pl.Int64, "skill": pl.String})
+        self.rules = empty_event_rule_state()
+        self.watermark_us: int | None = None
+
+    # ------------------------------------------------------------------ slots and zones
+    def _zone_ids(self, zones: pl.Series) -> np.ndarray:
+        for zone in zones.unique().to_list():
+            if zone not in self.zones:
+                self.zones.append(zone)
+        lookup = pl.DataFrame({"z": self.zones, "zi": np.arange(len(self.zones), dtype=np.int32)})
+        return (
+            pl.DataFrame({"z": zones}).join(lookup, on="z", how="left", maintain_order="left")["zi"]
+        ).to_numpy()
+
+    def _assign_slots(self, keys: pl.Series) -> pl.DataFrame:
+        """user_key -> slot for the distinct keys of a batch, creating slots for new users."""
+        distinct = pl.DataFrame({"user_key": keys.unique(maintain_order=True)})
+        known = distinct.join(self.slots, on="user_key", how="left", maintain_order="left")
+        new = known.filter(pl.col("slot").is_null()).select("user_key")
+        if len(new):
+            new = new.with_columns(slot=pl.int_range(self.size, self.size + len(new), dtype=pl.Int64))
+            self.slots = pl.concat([self.slots, new])
+            self.size += len(new)
+            self.a.ensure(self.size)
+            grow = self.size - len(self.cohort_id)
+            self.cohort_id = self.cohort_id.extend(pl.Series([None] * grow, dtype=pl.String))
+            self.org_id = self.org_id.extend(pl.Series([None] * grow, dtype=pl.String))
+        return distinct.join(self.slots, on="user_key", how="left", maintain_order="left")
+
+    def _closed_horizon(self, zone_ids: np.ndarray, as_of_us: int, final: bool) -> np.ndarray:
+        """Per user: the last local day the watermark has closed (SPEC §4)."""
+        instant = as_of_us if final else as_of_us - self.lateness_us
+        used = np.unique(zone_ids)
+        days = local_day_of(instant, [self.zones[i] for i in used])
+        table = np.zeros(len(self.zones), dtype=np.int32)
+        for i in used:
+            table[i] = days[self.zones[i]] - (0 if final else 1)
+        return table[zone_ids]
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, events: pl.DataFrame, *, emitted_at_us: int) -> UserOutput:
+        """Fold accepted events (EVENT_BATCH_SCHEMA) into open days; run the event rules."""
+        out = UserOutput()
+        if len(events) == 0:
+            return out
+        events = events.sort("seq")
+        keyed = self._assign_slots(events["user_key"])
+        events = events.join(keyed, on="user_key", how="left", maintain_order="left")
+        a = self.a
+
+        # per-user facts of this batch (the last zone and non-null cohort/org seen win)
+        per_user = events.group_by("slot").agg(
+            zone=pl.col("timezone").last(),
+            cohort_id=pl.col("cohort_id").drop_nulls().last(),
+            org_id=pl.col("org_id").drop_nulls().last(),
+            t_min=pl.col("t_us").min(),
+            t_max=pl.col("t_us").max(),
+            first_date=pl.col("date").min().cast(pl.Int32),
+            completions=pl.col("type").is_in(COMPLETION_TYPES).sum(),
+        )
+        slots = per_user["slot"].to_numpy()
+        is_new = a.first_seen_us[slots] == 0
+        zone_ids = self._zone_ids(per_user["zone"])
+        a.zone[slots] = zone_ids
+        # a new user's days start closing after the watermark's closed horizon (or its first day)
+        new_slots = slots[is_new]
+        if len(new_slots):
+            first_day = per_user["first_date"].to_numpy()[is_new] - 1
+            if self.watermark_us is not None:
+                horizon = self._closed_horizon(zone_ids[is_new], self.watermark_us, final=False)
+                first_day = np.minimum(first_day, horizon)
+            a.last_closed[new_slots] = first_day
+            a.first_seen_us[new_slots] = per_user["t_min"].to_numpy()[is_new]
+
+        # events for a day this user has already closed (e.g. after a zone change) are late
+        closed = pl.Series(a.last_closed[events["slot"].to_numpy()]).cast(pl.Int32)
+        late_mask = events["date"].cast(pl.Int32) <= closed
+        if late_mask.any():
+            out.late = events.filter(late_mask).select(list(EVENT_BATCH_SCHEMA))
+            events = events.filter(~late_mask)
+            per_user = events.group_by("slot").agg(
+                t_min=pl.col("t_us").min(),
+                t_max=pl.col("t_us").max(),
+                completions=pl.col("type").is_in(COMPLETION_TYPES).sum(),
+                cohort_id=pl.col("cohort_id").drop_nulls().last(),
+                org_id=pl.col("org_id").drop_nulls().last(),
+            )
+            slots = per_user["slot"].to_numpy()
+        out.accepted = len(events)
+        if len(events) == 0:
+            return out
+
+        a.first_seen_us[slots] = np.where(
+            a.first_seen_us[slots] == 0,
+            per_user["t_min"].to_numpy(),
+            np.minimum(a.first_seen_us[slots], per_user["t_min"].to_numpy()),
+        )
+        a.last_activity_us[slots] = np.maximum(a.last_activity_us[slots], per_user["t_max"].to_numpy())
+        a.total_completions[slots] += per_user["completions"].to_numpy()
+        a.dirty[slots] = True
+        with_cohort = per_user.filter(pl.col("cohort_id").is_not_null())
+        self.cohort_id = self.cohort_id.scatter(with_cohort["slot"], with_cohort["cohort_id"])
+        with_org = per_user.filter(pl.col("org_id").is_not_null())
+        self.org_id = self.org_id.scatter(with_org["slot"], with_org["org_id"])
+
+        self._fold_open_days(events)
+
+        dur = pl.col("duration_s").fill_null(0.0)
+        completion = pl.col("type").is_in(COMPLETION_TYPES)
+        self.recent = pl.concat(
+            [
+                self.recent,
+                events.select(
+                    "slot", "t_us", dur.alias("time_spent_s"), completion.cast(pl.Int64).alias("completion")
+                ),
+            ]
+        )
+        self.scored = pl.concat(
+            [
+                self.scored,
+                events.filter(pl.col("score").is_not_null()).select("slot", "skill", "t_us", "score"),
+            ]
+        )
+        self.skills = pl.concat(
+            [self.skills, events.filter(pl.col("skill").is_not_null()).select("slot", "skill")]
+        ).unique(maintain_order=True)
+
+        self.rules, fired = apply_event_rules(self.rules, events.select(list(EVENT_BATCH_SCHEMA)))
+        if len(fired):
+            out.alerts = build_alerts(fired, emitted_at_us=emitted_at_us)
+        return out
+
+    def _fold_open_days(self, events: pl.DataFrame) -> None:
+        dur = pl.col("duration_s").fill_null(0.0)
+        score = pl.col("score")
+        is_type = {name: (pl.col("type") == kind) for name, kind in _PER_TYPE.items()}
+        day = events.group_by("slot", "date").agg(
+            events=pl.len().cast(pl.Int64),
+            completions=pl.col("type").is_in(COMPLETION_TYPES).sum().cast(pl.Int64),
+            **{name: expr.sum().cast(pl.Int64) for name, expr in is_type.items()},
+            sessions=(pl.col("type") == "session_started").sum().cast(pl.Int64),
+            scored_events=score.is_not_null().sum().cast(pl.Int64),
+            score_sum=score.sum(),
+            min_score=score.min(),
+            max_score=score.max(),
+            excellent_scores=(score >= 80).sum().cast(pl.Int64),
+            time_spent_s=dur.sum(),
+            xp=pl.col("xp").fill_null(0).sum().cast(pl.Int64),
+            cohort_id=pl.col("cohort_id").drop_nulls().last(),
+            cohort_seq=pl.col("seq").filter(pl.col("cohort_id").is_not_null()).last(),
+            org_id=pl.col("org_id").drop_nulls().last(),
+            org_seq=pl.col("seq").filter(pl.col("org_id").is_not_null()).last(),
+        )
+        merged = pl.concat([self.open_days, day.select(list(_OPEN_DAY_SCHEMA)).cast(_OPEN_DAY_SCHEMA)])  # type: ignore[arg-type]
+        sums = [c for c in _OPEN_DAY_SCHEMA if c not in ("slot", "date", "min_score", "max_score", "cohort_id", "cohort_seq", "org_id", "org_seq")]
+        self.open_days = merged.group_by("slot", "date", maintain_order=True).agg(
+            *[pl.col(c).sum() for c in sums],
+            min_score=pl.col("min_score").min(),
+            max_score=pl.col("max_score").max(),
+            cohort_id=pl.col("cohort_id").sort_by("cohort_seq", nulls_last=False).drop_nulls().last(),
+            cohort_seq=pl.col("cohort_seq").max(),
+            org_id=pl.col("org_id").sort_by("org_seq", nulls_last=False).drop_nulls().last(),
+            org_seq=pl.col("org_seq").max(),
+        ).select(list(_OPEN_DAY_SCHEMA))
+        # score_sum of a day without scores must stay null-free for arithmetic
+        self.open_days = self.open_days.with_columns(pl.col("score_sum").fill_null(0.0))
+
+        skill = events.filter(pl.col("skill").is_not_null()).group_by("slot", "date", "skill").agg(
+            completions=pl.col("type").is_in(COMPLETION_TYPES).sum().cast(pl.Int64),
+            scored_events=score.is_not_null().sum().cast(pl.Int64),
+            score_sum=score.fill_null(0.0).sum(),
+            time_spent_s=dur.sum(),
+        )
+        merged_skill = pl.concat([self.open_skill_days, skill.select(list(_OPEN_SKILL_SCHEMA))])
+        self.open_skill_days = merged_skill.group_by("slot", "date", "skill", maintain_order=True).agg(
+            pl.col("completions").sum(),
+            pl.col("scored_events").sum(),
+            pl.col("score_sum").sum(),
+            pl.col("time_spent_s").sum(),
+        )
+
+    # ------------------------------------------------------------------ closing days
+    def advance(self, watermark_us: int | None, *, final: bool, emitted_at_us: int) -> UserOutput:
+        """Close every day the watermark has passed and evaluate state as of the watermark.
+
+        `final=True` is the end of a finite input: the watermark is the newest event time and every
+        day up to and including its local day closes (SPEC §4).
+        """
+        out = UserOutput()
+        if watermark_us is None or self.size == 0:
+            return out
+        if self.watermark_us is not None and watermark_us < self.watermark_us:
+            watermark_us = self.watermark_us  # never backwards
+        self.watermark_us = watermark_us
+        n = self.size
+        a = self.a
+        target = self._closed_horizon(a.zone[:n], watermark_us, final)
+        lagging = np.nonzero(a.last_closed[:n] < target)[0]
+        fired: list[dict[str, Any]] = []
+        if len(lagging):
+            out.user_daily, out.user_skill_daily = self._close_days(target, fired, emitted_at_us)
+            a.dirty[lagging] = True
+        if fired:
+            out.alerts = self._day_alerts(fired, emitted_at_us)
+        out.user_state, out.user_skill_state = self._evaluate(watermark_us, final, emitted_at_us)
+        return out
+
+    def _close_days(
+        self, target: np.ndarray, fired: list[dict[str, Any]], emitted_at_us: int
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        a = self.a
+        n = self.size
+        target_of = pl.DataFrame({"slot": np.arange(n, dtype=np.int64), "target": target})
+        days = self.open_days.join(target_of, on="slot").with_columns(
+            closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
+        )
+        closing = days.filter("closing").drop("target", "closing").sort("slot", "date")
+        self.open_days = days.filter(~pl.col("closing")).drop("target", "closing")
+        skill_days = self.open_skill_days.join(target_of, on="slot").with_columns(
+            closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
+        )
+        closing_skill = skill_days.filter("closing").drop("target", "closing")
+        self.open_skill_days = skill_days.filter(~pl.col("closing")).drop("target", "closing")
+
+        c_slot = closing["slot"].to_numpy()
+        c_day = closing["date"].cast(pl.Int32).to_numpy().astype(np.int64)
+        keys = c_slot * (1 << 32) + c_day
+        c_completions = closing["completions"].to_numpy().astype(np.float64)
+        c_time = closing["time_spent_s"].to_numpy()
+        c_scored = closing["scored_events"].to_numpy()
+        c_mean = np.where(c_scored > 0, closing["score_sum"].to_numpy() / np.maximum(c_scored, 1), np.nan)
+        c_streak = np.zeros(len(closing), dtype=np.int64)
+
+        ages = np.arange(RING)
+        while True:
+            idx = np.nonzero(a.last_closed[:n] < target)[0]
+            if len(idx) == 0:
+                break
+            d = a.last_closed[idx].astype(np.int64) + 1
+            q = idx.astype(np.int64) * (1 << 32) + d
+            pos = np.searchsorted(keys, q)
+            found = pos < len(keys)
+            found[found] = keys[pos[found]] == q[found]
+            fpos = pos[found]
+            comp = np.zeros(len(idx))
+            comp[found] = c_completions[fpos]
+            spent = np.zeros(len(idx))
+            spent[found] = c_time[fpos]
+            mean = np.full(len(idx), np.nan)
+            mean[found] = c_mean[fpos]
+
+            active = comp > 0
+            newly = (a.first_active[idx] == _NO_DAY) & active
+            a.first_active[idx[newly]] = d[newly]
+            first = a.first_active[idx].astype(np.int64)
+            in_series = (a.first_active[idx] != _NO_DAY) & (d >= first)
+            prev_streak = a.streak[idx].copy()
+            streak = np.where(active, prev_streak + 1, 0)
+            a.streak[idx] = streak
+            a.longest[idx] = np.maximum(a.longest[idx], streak)
+            a.days_active[idx] += active
+            a.last_active[idx] = np.where(active, d, a.last_active[idx])
+            a.last_run[idx] = np.where(active, streak, a.last_run[idx])
+            inactive = np.where(active, 0, np.where(in_series, a.inactive_run[idx] + 1, 0))
+            a.inactive_run[idx] = inactive
+            c_streak[fpos] = streak[found]
+
+            broke = in_series & ~active & (prev_streak >= self.streak_alert_min)
+            for k in np.nonzero(broke)[0]:
+                fired.append(self._fire("streak_broken", idx[k], d[k], {"streak": int(prev_streak[k]), "last_active_day": _iso(d[k] - 1)}))
+            for rule, run in (("engagement_drop", 3), ("stagnation", 5)):
+                for k in np.nonzero(in_series & (inactive == run))[0]:
+                    last = int(a.last_active[idx[k]])
+                    fired.append(self._fire(rule, idx[k], d[k], {"inactive_days": run, "last_active_day": _iso(last)}))
+
+            # anomalies over the previous <= 28 days of the series (inactive days count as zero)
+            s = idx[in_series]
+            ds = d[in_series]
+            if len(s):
+                hist = np.minimum(RING, ds - a.first_active[s].astype(np.int64))
+                age = (ds[:, None] - 1 - ages[None, :]) % RING  # age of the value in ring slot p
+                valid = age < hist[:, None]
+                for ring, x, floor, rule, zname, flag, metric in (
+                    (a.ring_completions, comp[in_series], FLOOR_COMPLETIONS, "anomaly_velocity", "z_velocity", "armed_off_vel", "completions"),
+                    (a.ring_time, spent[in_series], FLOOR_TIME_S, "anomaly_engagement", "z_engagement", "armed_off_eng", "time_spent_s"),
+                ):
+                    z, m, sd = _zscores(ring[s], valid, hist, x, floor)
+                    getattr(a, zname)[s] = z
+                    self._edge(fired, rule, s, ds, z, np.abs(z) >= 3, getattr(a, flag), x, m, sd, hist, floor, metric)
+                    ring[s, ds % RING] = x
+                # velocity and consistency over the trailing 7 closed days, this one included
+                seven = (age_incl := (ds[:, None] - ages[None, :7]) % RING)
+                span = np.minimum(7, ds - a.first_active[s].astype(np.int64) + 1)
+                mask7 = np.arange(7)[None, :] < span[:, None]
+                week = np.take_along_axis(a.ring_completions[s], seven, axis=1) * mask7
+                del age_incl
+                a.velocity_7d[s] = week.sum(axis=1) / 7.0
+                consistency = (week > 0).sum(axis=1) / 7.0
+                a.consistency_7d[s] = consistency
+                cond = (a.first_active[s].astype(np.int64) <= ds - 6) & (consistency < 0.5)
+                self._edge(fired, "low_consistency", s, ds, np.where(np.isfinite(consistency), 0.0, np.nan), cond, a.armed_off_lc, consistency, None, None, None, None, None)
+
+                # performance: over scored days only
+                scored = np.isfinite(mean[in_series])
+                ps = s[scored]
+                pds = ds[scored]
+                if len(ps):
+                    x = mean[in_series][scored]
+                    count = a.scored_days[ps].astype(np.int64)
+                    hist_p = np.minimum(RING, count)
+                    valid_p = ages[None, :] < hist_p[:, None]
+                    z, m, sd = _zscores(a.ring_score[ps], valid_p, hist_p, x, FLOOR_SCORE)
+                    a.z_performance[ps] = z
+                    a.last_scored_day[ps] = pds
+                    self._edge(fired, "anomaly_performance", ps, pds, z, z <= -3, a.armed_off_perf, x, m, sd, hist_p, FLOOR_SCORE, "avg_score")
+                    a.ring_score[ps, count % RING] = x
+                    a.scored_days[ps] += 1
+            a.last_closed[idx] = d.astype(np.int32)
+
+        user_daily = closing.with_columns(
+            user_key=pl.Series(self._keys_of(c_slot)),
+            streak=pl.Series(c_streak),
+            avg_score=pl.when(pl.col("scored_events") > 0).then(pl.col("score_sum") / pl.col("scored_events")),
+            emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
+        )
+        skill_daily = closing_skill.with_columns(
+            user_key=pl.Series(self._keys_of(closing_skill["slot"].to_numpy())),
+            avg_score=pl.when(pl.col("scored_events") > 0).then(pl.col("score_sum") / pl.col("scored_events")),
+            emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
+        )
+        return USER_DAILY.conform(user_daily), USER_SKILL_DAILY.conform(skill_daily)
+
+    def _keys_of(self, slots: np.ndarray) -> list[str]:
+        # slots are appended in slot order, so row i of `self.slots` is slot i
+        return self.slots["user_key"].gather(slots).to_list() if len(slots) else []
+
+    def _fire(self, rule: str, slot: int, day: int, evidence: dict[str, Any]) -> dict[str, Any]:
+        return {"rule": rule, "slot": int(slot), "day": int(day), "evidence": evidence}
+
+    def _edge(
+        self,
+        fired: list[dict[str, Any]],
+        rule: str,
+        slots: np.ndarray,
+        days: np.ndarray,
+        z: np.ndarray,
+        cond: np.ndarray,
+        off: np.ndarray,
+        x: np.ndarray,
+        mean: np.ndarray | None,
+        sd: np.ndarray | None,
+        hist: np.ndarray | None,
+        floor: float | None,
+        metric: str | None,
+    ) -> None:
+        """Edge-triggered firing: fire where cond holds and the last evaluation did not.
+
+        `off[slot]` is True while the condition holds (the rule is disarmed); a null z (too little
+        history) is no evaluation and leaves the flag alone.
+        """
+        evaluated = np.isfinite(z)
+        cond = cond & evaluated
+        fire = cond & ~off[slots]
+        off[slots] = np.where(evaluated, cond, off[slots])
+        for k in np.nonzero(fire)[0]:
+            if rule == "low_consistency":
+                evidence: dict[str, Any] = {
+                    "consistency_7d": float(x[k]),
+                    "active_days_7d": int(round(float(x[k]) * 7)),
+                    "threshold": 0.5,
+                }
+            else:
+                assert mean is not None and sd is not None and hist is not None
+                evidence = {
+                    "metric": metric,
+                    "value": float(x[k]),
+                    "mean": float(mean[k]),
+                    "std": _num(float(sd[k])),
+                    "floor": floor,
+                    "history_days": int(hist[k]),
+                    "z": float(z[k]),
+                }
+            fired.append(self._fire(rule, slots[k], days[k], evidence))
+
+    def _day_alerts(self, fired: list[dict[str, Any]], emitted_at_us: int) -> pl.DataFrame:
+        slots = np.array([f["slot"] for f in fired], dtype=np.int64)
+        days = pl.Series([f["day"] for f in fired], dtype=pl.Int32).cast(pl.Date)
+        zones = pl.Series([self.zones[z] for z in self.a.zone[slots]], dtype=pl.String)
+        frame = pl.DataFrame(
+            {
+                "rule": [f["rule"] for f in fired],
+                "user_key": self._keys_of(slots),
+                "cohort_id": self.cohort_id.gather(slots),
+                "org_id": self.org_id.gather(slots),
+                "trigger": [_iso(f["day"]) for f in fired],
+                "date": days,
+                "event_time": day_end_us(days, zones).cast(pl.Datetime("us", "UTC")),
+                "evidence": [orjson.dumps(f["evidence"]).decode() for f in fired],
+            },
+            schema_overrides={"cohort_id": pl.String, "org_id": pl.String},
+        )
+        return build_alerts(frame, emitted_at_us=emitted_at_us)
+
+    # ------------------------------------------------------------------ state as of the watermark
+    def _evaluate(self, as_of_us: int, final: bool, emitted_at_us: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        a = self.a
+        n = self.size
+        chosen = np.arange(n) if final else np.nonzero(a.dirty[:n])[0]
+        a.dirty[:n] = False
+        self._prune(as_of_us)
+        if len(chosen) == 0:
+            return USER_STATE.empty(), USER_SKILL_STATE.empty()
+        today = self._closed_horizon(a.zone[:n], as_of_us, final=True)
+
+        # open active days (live mode: today and yesterday) extend the closed streak
+        latest = a.last_active[:n].astype(np.int64).copy()
+        at_latest = a.last_run[:n].astype(np.int64).copy()
+        longest = a.longest[:n].astype(np.int64).copy()
+        days_active = a.days_active[:n].astype(np.int64).copy()
+        open_active = self.open_days.filter(pl.col("completions") > 0).select(
+            "slot", pl.col("date").cast(pl.Int32).alias("d")
+        )
+        if len(open_active):
+            runs = (
+                open_active.sort("slot", "d")
+                .with_columns(run=(pl.col("d").diff().over("slot") != 1).fill_null(True).cum_sum().over("slot"))
+                .group_by("slot", "run")
+                .agg(start=pl.col("d").min(), end=pl.col("d").max(), length=pl.len())
+                .to_numpy()
+            )
+            for slot, _run, start, end, length in sorted(runs.tolist(), key=lambda r: (r[0], r[3])):
+                joined = length + (a.streak[slot] if start == a.last_closed[slot] + 1 else 0)
+                longest[slot] = max(longest[slot], joined)
+                days_active[slot] += length
+                latest[slot] = end
+                at_latest[slot] = joined
+        ever = latest != _NO_DAY
+        delta = np.where(ever, today - latest, 10**6)
+        current = np.where(ever & (delta <= 1), at_latest, 0)
+        momentum = np.select([delta <= 0, delta == 1, delta <= 3], ["high", "medium", "low"], "stalled")
+
+        users = pl.DataFrame({"slot": chosen.astype(np.int64)})
+        window = self.recent.filter(pl.col("t_us") > as_of_us - 7 * US_PER_DAY, pl.col("t_us") <= as_of_us)
+        engagement = window.group_by("slot").agg(
+            spent=pl.col("time_spent_s").sum(), done=pl.col("completion").sum()
+        )
+        trend = trend_stats(self.scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"])
+        profile = skill_profile(
+            self.scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
+            as_of_us=as_of_us,
+            window_us=30 * US_PER_DAY,
+        ).join(self.slots, on="user_key").drop("user_key")
+        keys = self.slots["user_key"]
+        struggling = struggling_now(self.rules, as_of_us).join(self.slots, on="user_key").select("slot", "struggling")
+        nan_to_null = {c: pl.col(c).fill_nan(None) for c in ("velocity_7d", "consistency_7d", "anomaly_velocity", "anomaly_engagement", "anomaly_performance")}
+        last_closed = a.last_closed[chosen]
+        z_perf = np.where(a.last_scored_day[chosen] != _NO_DAY, a.z_performance[chosen], np.nan)
+        in_series = a.first_active[chosen] != _NO_DAY
+        frame = (
+            users.with_columns(
+                user_key=keys.gather(chosen),
+                cohort_id=self.cohort_id.gather(chosen),
+                org_id=self.org_id.gather(chosen),
+                first_seen_at=pl.Series(a.first_seen_us[chosen]).cast(pl.Datetime("us", "UTC")),
+                last_activity_at=pl.Series(a.last_activity_us[chosen]).cast(pl.Datetime("us", "UTC")),
+                days_active=pl.Series(days_active[chosen]),
+                current_streak=pl.Series(current[chosen]),
+                longest_streak=pl.Series(longest[chosen]),
+                momentum=pl.Series(momentum[chosen]),
+                velocity_7d=pl.Series(np.where(in_series, a.velocity_7d[chosen], 0.0)),
+                consistency_7d=pl.Series(np.where(in_series, a.consistency_7d[chosen], 0.0)),
+                anomaly_velocity=pl.Series(np.where(last_closed >= a.first_active[chosen], a.z_velocity[chosen], np.nan)),
+                anomaly_engagement=pl.Series(np.where(last_closed >= a.first_active[chosen], a.z_engagement[chosen], np.nan)),
+                anomaly_performance=pl.Series(z_perf),
+                total_completions=pl.Series(a.total_completions[chosen]),
+            )
+            .with_columns(**nan_to_null)
+            .join(engagement, on="slot", how="left")
+            .join(trend, on="slot", how="left")
+            .join(profile, on="slot", how="left")
+            .join(struggling, on="slot", how="left")
+            .with_columns(
+                as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
+                engagement_7d=0.5 * pl.min_horizontal(pl.col("spent").fill_null(0.0) / (7 * 1800), pl.lit(1.0))
+                + 0.5 * pl.min_horizontal(pl.col("done").fill_null(0).cast(pl.Float64) / (7 * 3), pl.lit(1.0)),
+                trend_direction=pl.col("trend_direction").fill_null("insufficient_data"),
+                trend_confidence=pl.col("trend_confidence").fill_null(0.0),
+                strengths=pl.col("strengths").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                weaknesses=pl.col("weaknesses").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                struggling=pl.col("struggling").fill_null(False),
+                emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
+            )
+        )
+        user_state = USER_STATE.conform(frame)
+
+        pairs = self.skills.filter(pl.col("slot").is_in(chosen))
+        skill_trend = trend_stats(
+            self.scored.filter(pl.col("skill").is_not_null()),
+            as_of_us=as_of_us,
+            window_us=self.trend_window_us,
+            by=["slot", "skill"],
+        )
+        skill_state = (
+            pairs.join(skill_trend, on=["slot", "skill"], how="left")
+            .with_columns(
+                user_key=keys.gather(pairs["slot"]),
+                as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
+                scored_events_30d=pl.col("scored_events").fill_null(0),
+                avg_score_30d=pl.col("avg_score"),
+                trend_direction=pl.col("trend_direction").fill_null("insufficient_data"),
+                trend_confidence=pl.col("trend_confidence").fill_null(0.0),
+                date=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")).dt.date(),
+                emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
+            )
+        )
+        return user_state, USER_SKILL_STATE.conform(skill_state)
+
+    def _prune(self, as_of_us: int) -> None:
+        self.recent = self.recent.filter(pl.col("t_us") > as_of_us - 7 * US_PER_DAY)
+        keep = max(self.trend_window_us, 30 * US_PER_DAY)
+        self.scored = self.scored.filter(pl.col("t_us") > as_of_us - keep)
+
+    # ------------------------------------------------------------------ recovery
+    def snapshot(self) -> dict[str, Any]:
+        """Plain picklable copy of the whole state."""
+        state = {k: v for k, v in self.__dict__.items() if k != "a"}
+        state["arrays"] = {k: v[: self.size].copy() for k, v in self.a.data.items()}
+        return state
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> UserAnalytics:
+        self = cls.__new__(cls)
+        arrays = snap["arrays"]
+        self.__dict__.update({k: v for k, v in snap.items() if k != "arrays"})
+        self.a = _Arrays(max(1024, self.size))
+        for k, v in arrays.items():
+            self.a.data[k][: len(v)] = v
+        return self
+
+
+def _zscores(
+    ring: np.ndarray, valid: np.ndarray, hist: np.ndarray, x: np.ndarray, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z = (x - mean) / max(sample std, floor) over the valid ring entries; NaN below 7 values."""
+    h = hist.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (ring * valid).sum(axis=1) / h
+        var = (((ring - mean[:, None]) ** 2) * valid).sum(axis=1) / (h - 1)
+        sd = np.sqrt(var)
+        z = (x - mean) / np.maximum(sd, floor)
+    z = np.where(hist >= MIN_HISTORY, z, np.nan)
+    return z, mean, sd
+
+
+__all__ = ["ASSESSMENT_TYPES", "UserAnalytics", "UserOutput"]
