@@ -321,3 +321,13 @@ def test_bad_arguments_name_the_value(tmp_path: Path, kwargs: dict) -> None:
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         write_events(tmp_path / "x.jsonl", **args)
+
+
+def test_future_timestamps_stay_valid_dates_on_29_february(tmp_path: Path) -> None:
+    # the in-future record moves the event's own time to year 2999, which has no 29 February
+    stats = write_events(
+        tmp_path / "leap.jsonl", users=40, days=1, seed=0, start=date(2028, 2, 29), bad_fraction=0.5
+    )
+    lines = read_lines(stats)
+    future = [line for line in lines if b'"2999-' in line]
+    assert future and all(classify(line) == "timestamp_in_future" for line in future)
