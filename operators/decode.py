@@ -1,0 +1,845 @@
+"""Decode and validate raw records into a columnar event batch (SPEC §1, §2, §3).
+
+`decode_batch` turns one micro-batch of raw records (JSONL lines or Kafka message values) into
+two frames: accepted events with `schemas.events.EVENT_BATCH_SCHEMA` and dead letters with
+`REJECTED_BATCH_SCHEMA`. Every record ends as exactly one row of one of them; it never raises
+on bad input. It is pure: no I/O, no clock (the caller passes `now_us`), no engine import.
+
+How (so that no Python code runs per event on clean input):
+
+1. The batch becomes a polars Binary column; size and UTF-8 validity are checked on the column.
+2. Fast path: the lines that can safely go to the Arrow JSON reader are joined with newlines and
+   parsed at once by `pyarrow.json.read_json` with an explicit schema (unexpected fields ignored).
+   That reader is strict about JSON types (a number where a string is declared is an error, not a
+   coercion), which is what makes it usable here. When a chunk fails (a bad line), the parser's
+   "in row N" hint moves that line to the slow path and the rest is parsed again; without a hint
+   the chunk is bisected. Lines are kept out of the fast path up front when the Arrow reader
+   would accept what strict JSON rejects: `NaN`/`Inf` literals, more than 1024 brackets
+   (orjson's depth limit), leading whitespace, embedded CR/LF.
+3. Slow path: the remaining lines are parsed one by one with `orjson.loads`, and each allow-listed
+   field is put into the same typed columns, plus a column with the JSON text of values of the
+   wrong JSON type.
+4. Both paths meet in one frame and are validated by the same vectorised polars expressions, so a
+   record gets the same outcome on either path (tests run records through both).
+
+Rejection precedence, first match wins:
+
+1. `oversized` (more than `max_event_bytes` bytes), 2. `invalid_utf8`, 3. `malformed_json`,
+4. `not_an_object`, 5. the fields in SPEC §1 order: event_id, user_id, type, timestamp,
+cohort_id, org_id, skill, content_id, score, duration_s, xp, session_id, timezone. For each
+field: `missing_field:<name>` (required and absent or null), then `invalid_field:<name>` (wrong
+JSON type, bad length or range); `type` that is a string outside the event types gives
+`unknown_type` in type's place; a well-formed `timestamp` without offset gives
+`timestamp_missing_timezone`, an unparseable or impossible one `invalid_field:timestamp`.
+6. `timestamp_in_future` (event time > `now_us + max_clock_skew`), after all field checks.
+
+Choices where SPEC is silent (sharp edges):
+
+- JSON `null` is the same as absent. An empty string is invalid, not absent.
+- `skill_area` is read only when `skill` is absent or null; when it is used and bad the reason
+  is still `invalid_field:skill` (the detail names `skill_area`).
+- Timestamps: `YYYY-MM-DD[Tt ]HH:MM:SS[.fraction](Z|z|±HH:MM)`, year 0001–9999, offset up to
+  ±23:59 (`-00:00` is UTC). Leap seconds (`:60`) are rejected as `invalid_field:timestamp`:
+  Python, polars and the output tables cannot hold them. Fractions beyond microseconds are
+  truncated (toward the earlier instant).
+- `xp` must be an integer in [0, 2^53 - 1]: larger integers are not exactly representable by
+  most JSON parsers (RFC 8259 §6), so they are `invalid_field:xp`. `7.0` is accepted as 7.
+- `score` / `duration_s`: any JSON number in range, integers included; booleans and numeric
+  strings are invalid.
+- Duplicate keys in an object: the last one wins (orjson's rule; the fast path sends objects with
+  a duplicated allow-listed key to the slow path because Arrow rejects them).
+- `timezone` must be a name from `zoneinfo.available_timezones()` that polars can also convert
+  to (this drops `localtime` and `Factory`). Absent: `settings.default_timezone`.
+- Details echo bad values truncated to 80 characters; they may contain raw input (restricted,
+  like the payload).
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from dataclasses import dataclass
+from functools import cache
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+from learnstream.config import Settings
+from operators.pseudonymize import Pseudonymizer
+from schemas.events import EVENT_BATCH_SCHEMA, EVENT_TYPES, REJECTED_BATCH_SCHEMA
+
+__all__ = ["DecodeResult", "RawBatch", "decode_batch", "known_timezones"]
+
+
+@dataclass
+class RawBatch:
+    """One micro-batch of raw records as a source read them.
+
+    `lines` hold one record each, without the trailing newline (blank lines never get here);
+    `positions[i]` is the line number (from 1) or Kafka offset of `lines[i]`, so that
+    `source_ref = ref_prefix + str(positions[i])`.
+    """
+
+    lines: list[bytes]
+    ref_prefix: str
+    positions: np.ndarray
+    received_at_us: int
+
+
+@dataclass
+class DecodeResult:
+    """Accepted events (`EVENT_BATCH_SCHEMA`) and dead letters (`REJECTED_BATCH_SCHEMA`)."""
+
+    events: pl.DataFrame
+    rejected: pl.DataFrame
+
+
+# --------------------------------------------------------------------------------------------
+# field table
+
+#: string fields and their maximum length in characters (minimum is 1)
+_STRING_LIMITS: dict[str, int] = {
+    "event_id": 128,
+    "user_id": 256,
+    "cohort_id": 128,
+    "org_id": 128,
+    "skill": 128,
+    "content_id": 256,
+    "session_id": 128,
+}
+#: every field read from the input, as parsed (skill_area is folded into skill before checks)
+_RAW_STRING_FIELDS = (
+    "event_id",
+    "user_id",
+    "type",
+    "timestamp",
+    "cohort_id",
+    "org_id",
+    "skill",
+    "skill_area",
+    "content_id",
+    "session_id",
+    "timezone",
+)
+_RAW_NUMBER_FIELDS = ("score", "duration_s", "xp")
+_RAW_FIELDS = _RAW_STRING_FIELDS + _RAW_NUMBER_FIELDS
+_BAD = "__bad"  # suffix of the column holding the JSON text of a value of the wrong JSON type
+
+_MAX_XP = 2**53 - 1
+_ECHO_CHARS = 80
+_MAX_BRACKETS = 1024  # orjson refuses nesting deeper than 1024
+_CHUNK_BYTES = 64 << 20  # the Arrow reader parses each chunk as one block (row hints are exact)
+
+_PARSE_SCHEMA = pa.schema(
+    [pa.field(name, pa.string()) for name in _RAW_STRING_FIELDS]
+    + [pa.field(name, pa.float64()) for name in _RAW_NUMBER_FIELDS]
+)
+_PARSE_OPTIONS = pa_json.ParseOptions(
+    explicit_schema=_PARSE_SCHEMA, unexpected_field_behavior="ignore", newlines_in_values=False
+)
+_ROW_HINT = re.compile(r"in row (\d+)")
+# literals the Arrow reader accepts but strict JSON does not, and line breaks inside a record
+_ARROW_ONLY = re.compile(r"[\n\r]|[:,\[][ \t]*[-+]?(?:NaN|Inf)")
+_ARROW_ONLY_LITERALS = r"NaN|Inf|\n|\r"  # a plain alternation: much faster than the regex above
+
+_TS_PATTERN = (
+    r"^(?P<Y>[0-9]{4})-(?P<M>[0-9]{2})-(?P<D>[0-9]{2})[Tt ]"
+    r"(?P<h>[0-9]{2}):(?P<m>[0-9]{2}):(?P<s>[0-9]{2})(?:\.(?P<f>[0-9]+))?"
+    r"(?P<o>[Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+)
+
+
+@cache
+def known_timezones() -> frozenset[str]:
+    """IANA zone names accepted in `timezone`: zoneinfo's list, minus what polars cannot convert."""
+    probe = pl.Series([0], dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    zones = set()
+    for name in zoneinfo.available_timezones():
+        try:
+            probe.dt.convert_time_zone(name)
+        except Exception:  # noqa: BLE001 - polars raises ComputeError / InvalidOperationError
+            continue
+        zones.add(name)
+    return frozenset(zones)
+
+
+@cache
+def _zone_series() -> pl.Series:
+    return pl.Series("zones", sorted(known_timezones()), dtype=pl.String)
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def decode_batch(
+    raw: RawBatch,
+    settings: Settings,
+    pseudonymizer: Pseudonymizer,
+    *,
+    now_us: int,
+    seq_start: int,
+) -> DecodeResult:
+    """Decode and validate one batch; `seq = seq_start + index of the line in the batch`.
+
+    `now_us` is the processing time used for `timestamp_in_future`. Never raises on bad input:
+    `len(events) + len(rejected) == len(raw.lines)`.
+    """
+    return _decode(raw, settings, pseudonymizer, now_us=now_us, seq_start=seq_start, fast=True)
+
+
+def _decode(
+    raw: RawBatch,
+    settings: Settings,
+    pseudonymizer: Pseudonymizer,
+    *,
+    now_us: int,
+    seq_start: int,
+    fast: bool,
+) -> DecodeResult:
+    """`decode_batch`, with `fast=False` forcing every line through the per-line slow path."""
+    lines = raw.lines
+    n = len(lines)
+    if len(raw.positions) != n:
+        raise ValueError(f"RawBatch has {n} lines but {len(raw.positions)} positions")
+    if n == 0:
+        return DecodeResult(
+            events=pl.DataFrame(schema=EVENT_BATCH_SCHEMA),
+            rejected=pl.DataFrame(schema=REJECTED_BATCH_SCHEMA),
+        )
+    binary = pl.Series("line", lines, dtype=pl.Binary)
+    sizes = binary.bin.size().cast(pl.Int64)
+    text = _utf8_text(binary, lines)
+
+    oversized = (sizes > settings.max_event_bytes).to_numpy()
+    valid_utf8 = text.is_not_null().to_numpy()
+    parseable = ~oversized & valid_utf8
+
+    if fast:
+        to_arrow = parseable & _arrow_safe(text, sizes)
+    else:
+        to_arrow = np.zeros(n, dtype=bool)
+    parts: list[pl.DataFrame] = []
+    slow_idx: list[np.ndarray] = [np.flatnonzero(parseable & ~to_arrow)]
+    arrow_idx = np.flatnonzero(to_arrow)
+    if arrow_idx.size:
+        frames, leftovers = _arrow_parse(lines, arrow_idx, sizes.to_numpy())
+        parts.extend(frames)
+        slow_idx.append(leftovers)
+    slow = np.sort(np.concatenate(slow_idx))
+    if slow.size:
+        parts.append(_orjson_parse(text.gather(slow).to_list(), slow))
+    pre_idx = np.flatnonzero(~parseable)
+    if pre_idx.size:
+        over = pl.Series(oversized[pre_idx])
+        size_text = sizes.gather(pre_idx).cast(pl.String)
+        parts.append(
+            pl.DataFrame(
+                {
+                    "idx": pl.Series(pre_idx, dtype=pl.Int64),
+                    "pre_reason": pl.Series(
+                        np.where(over.to_numpy(), "oversized", "invalid_utf8"), dtype=pl.String
+                    ),
+                    "pre_detail": pl.select(
+                        pl.when(pl.lit(over))
+                        .then(
+                            pl.lit("record is ")
+                            + pl.lit(size_text)
+                            + pl.lit(f" bytes, over max_event_bytes={settings.max_event_bytes}")
+                        )
+                        .otherwise(pl.lit("record is not valid UTF-8 (payload kept as base64)"))
+                    ).to_series(),
+                }
+            )
+        )
+    frame = _assemble(parts, n)
+    accepted, rejected = _validate(frame, settings, now_us)
+
+    positions = pl.Series("position", np.asarray(raw.positions, dtype=np.int64))
+    events = _events(accepted, raw.ref_prefix, positions, settings, pseudonymizer, seq_start)
+    dead = _rejected(rejected, raw.ref_prefix, positions, text, binary, seq_start)
+    return DecodeResult(events=events, rejected=dead)
+
+
+# --------------------------------------------------------------------------------------------
+# bytes -> text
+
+
+def _utf8_text(binary: pl.Series, lines: list[bytes]) -> pl.Series:
+    """The lines as a String column, null where not valid UTF-8.
+
+    The column cast validates the whole batch in one go; only a batch that holds invalid UTF-8
+    is checked line by line (in Python) to find which lines.
+    """
+    try:
+        return binary.cast(pl.String).rename("text")
+    except pl.exceptions.ComputeError:
+        pass
+    decoded: list[str | None] = []
+    for line in lines:
+        try:
+            decoded.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            decoded.append(None)
+    return pl.Series("text", decoded, dtype=pl.String)
+
+
+def _arrow_safe(text: pl.Series, sizes: pl.Series) -> np.ndarray:
+    """Lines the Arrow reader parses exactly as strict JSON (orjson) would.
+
+    Conservative: a line left out only costs the slow path. The first test runs on literals
+    (fast); the exact regex only on the few lines that contain one of them.
+    """
+    safe = text.str.starts_with("{").fill_null(False).to_numpy().copy()
+    suspect = np.flatnonzero(text.str.contains(_ARROW_ONLY_LITERALS).fill_null(False).to_numpy())
+    if suspect.size:
+        exact = text.gather(suspect).str.contains(_ARROW_ONLY.pattern).fill_null(True).to_numpy()
+        safe[suspect[exact]] = False
+    long_lines = np.flatnonzero((sizes > _MAX_BRACKETS).to_numpy())
+    if long_lines.size:
+        brackets = text.gather(long_lines).str.count_matches(r"[\[{]").fill_null(0).to_numpy()
+        safe[long_lines[brackets > _MAX_BRACKETS]] = False
+    return safe
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+
+
+def _arrow_parse(
+    lines: list[bytes], idx: np.ndarray, sizes: np.ndarray
+) -> tuple[list[pl.DataFrame], np.ndarray]:
+    """Parse `lines[idx]` with the Arrow JSON reader; returns frames and the lines it refused.
+
+    Works on contiguous ranges of `idx`. A failing range is split at the row the error names
+    (that line goes to the slow path, the rest is retried) or, without a usable hint, bisected.
+    A wrong hint costs time, never correctness: the slow path decides exactly.
+    """
+    if idx.size == len(lines):  # the usual case: every line
+        selected = lines
+    elif idx.size == 1:
+        selected = [lines[int(idx[0])]]
+    else:
+        selected = list(itemgetter(*idx.tolist())(lines))
+    bounds = _chunk_bounds(sizes[idx] + 1)
+    frames: list[pl.DataFrame] = []
+    refused: list[int] = []
+    work = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)][::-1]
+    while work:
+        lo, hi = work.pop()
+        if lo >= hi:
+            continue
+        result = _arrow_read(selected[lo:hi])
+        if isinstance(result, pl.DataFrame):
+            frames.append(result.with_columns(idx=pl.Series(idx[lo:hi], dtype=pl.Int64)))
+            continue
+        if hi - lo == 1:
+            refused.append(lo)
+            continue
+        row = result
+        if row is not None and 0 <= row < hi - lo:
+            refused.append(lo + row)
+            work.append((lo + row + 1, hi))
+            work.append((lo, lo + row))  # parsed next: keeps the frames in line order
+        else:
+            mid = (lo + hi) // 2
+            work.append((mid, hi))
+            work.append((lo, mid))
+    return frames, idx[np.asarray(refused, dtype=np.int64)]
+
+
+def _chunk_bounds(sizes: np.ndarray) -> list[int]:
+    """Split points so that each chunk stays under `_CHUNK_BYTES` (one Arrow block)."""
+    total = np.cumsum(sizes)
+    if total[-1] <= _CHUNK_BYTES:
+        return [0, len(sizes)]
+    bounds = [0]
+    while bounds[-1] < len(sizes):
+        start = bounds[-1]
+        base = int(total[start - 1]) if start else 0
+        end = int(np.searchsorted(total, base + _CHUNK_BYTES, side="right"))
+        bounds.append(max(end, start + 1))
+    return bounds
+
+
+def _arrow_read(chunk: list[bytes]) -> pl.DataFrame | int | None:
+    """A frame when the chunk parses to one row per line; else the failing row hint or None."""
+    buf = b"\n".join(chunk)
+    options = pa_json.ReadOptions(block_size=len(buf) + 2, use_threads=True)
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(buf), read_options=options, parse_options=_PARSE_OPTIONS
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        match = _ROW_HINT.search(str(exc))
+        return int(match.group(1)) if match else None
+    if table.num_rows != len(chunk):  # e.g. two objects on one line
+        return None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _json_echo(value: Any) -> str:
+    """Short JSON text of a value of the wrong type, for the detail."""
+    try:
+        out = orjson.dumps(value).decode("utf-8")
+    except (orjson.JSONEncodeError, TypeError):
+        out = f"<{type(value).__name__} nested too deeply>"
+    return out if len(out) <= _ECHO_CHARS else out[: _ECHO_CHARS - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null"
+
+
+def _orjson_parse(texts: list[str], idx: np.ndarray) -> pl.DataFrame:
+    """Per-line parse (Python, only for the lines the fast path could not take).
+
+    Produces the same typed columns as the Arrow reader: strings where the JSON value is a
+    string, floats where it is a number, and `<field>__bad` with the JSON text otherwise.
+    """
+    cols: dict[str, list[Any]] = {name: [] for name in _RAW_FIELDS}
+    bads: dict[str, list[str | None]] = {name: [] for name in _RAW_FIELDS}
+    pre_reason: list[str | None] = []
+    pre_detail: list[str | None] = []
+    for line in texts:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            obj = None
+            pre_reason.append("malformed_json")
+            pre_detail.append(f"not valid JSON: {exc}")
+        else:
+            if isinstance(obj, dict):
+                pre_reason.append(None)
+                pre_detail.append(None)
+            else:
+                pre_reason.append("not_an_object")
+                pre_detail.append(f"the record is {_json_kind(obj)}, not a JSON object")
+                obj = None
+        if obj is None:
+            for name in _RAW_FIELDS:
+                cols[name].append(None)
+                bads[name].append(None)
+            continue
+        for name in _RAW_STRING_FIELDS:
+            value = obj.get(name)
+            if value is None or type(value) is str:
+                cols[name].append(value)
+                bads[name].append(None)
+            else:
+                cols[name].append(None)
+                bads[name].append(_json_echo(value))
+        for name in _RAW_NUMBER_FIELDS:
+            value = obj.get(name)
+            if value is None:
+                cols[name].append(None)
+                bads[name].append(None)
+            elif type(value) is int or type(value) is float:
+                cols[name].append(float(value))
+                bads[name].append(None)
+            else:
+                cols[name].append(None)
+                bads[name].append(_json_echo(value))
+    data: dict[str, pl.Series] = {"idx": pl.Series(idx, dtype=pl.Int64)}
+    for name in _RAW_STRING_FIELDS:
+        data[name] = pl.Series(cols[name], dtype=pl.String)
+    for name in _RAW_NUMBER_FIELDS:
+        data[name] = pl.Series(cols[name], dtype=pl.Float64)
+    for name in _RAW_FIELDS:
+        data[name + _BAD] = pl.Series(bads[name], dtype=pl.String)
+    data["pre_reason"] = pl.Series(pre_reason, dtype=pl.String)
+    data["pre_detail"] = pl.Series(pre_detail, dtype=pl.String)
+    return pl.DataFrame(data)
+
+
+_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "idx": pl.Int64(),
+    **{name: pl.String() for name in _RAW_STRING_FIELDS},
+    **{name: pl.Float64() for name in _RAW_NUMBER_FIELDS},
+    **{name + _BAD: pl.String() for name in _RAW_FIELDS},
+    "pre_reason": pl.String(),
+    "pre_detail": pl.String(),
+}
+
+
+def _assemble(parts: list[pl.DataFrame], n: int) -> pl.DataFrame:
+    """One row per line in line order, every column of `_FRAME_SCHEMA` present."""
+    if len(parts) == 1:
+        frame = parts[0]
+    else:
+        frame = pl.concat(parts, how="diagonal_relaxed").sort("idx")
+    missing = [
+        pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in _FRAME_SCHEMA.items()
+        if name not in frame.columns
+    ]
+    if missing:
+        frame = frame.with_columns(missing)
+    frame = frame.select([pl.col(name).cast(dtype) for name, dtype in _FRAME_SCHEMA.items()])
+    if frame.height != n:  # an internal error, never bad input
+        raise AssertionError(f"decode accounted for {frame.height} of {n} lines")
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _echo(expr: pl.Expr) -> pl.Expr:
+    """A string value truncated to `_ECHO_CHARS` characters, in double quotes."""
+    short = (
+        pl.when(expr.str.len_chars() > _ECHO_CHARS)
+        .then(expr.str.slice(0, _ECHO_CHARS - 3) + pl.lit("..."))
+        .otherwise(expr)
+    )
+    return pl.lit('"') + short + pl.lit('"')
+
+
+def _number_text(expr: pl.Expr) -> pl.Expr:
+    return expr.cast(pl.String)
+
+
+def _timestamp_fields(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Parse `timestamp` (RFC 3339) into `_ts_ok`, `_ts_naive` and `t_us`, vectorised.
+
+    One anchored regex checks the shape; the parts are then cut at fixed positions (the shape
+    guarantees them), which is several times cheaper than capture groups.
+    """
+    ts = pl.col("timestamp")
+    length = ts.str.len_bytes().cast(pl.Int64)
+    last = ts.str.slice(-1, 1)
+    zulu = (last == "Z") | (last == "z")
+    numeric = ts.str.slice(-6, 1).is_in(["+", "-"])
+    off_len = pl.when(zulu).then(1).when(numeric).then(6).otherwise(0)
+
+    def part(start: int, size: int) -> pl.Expr:
+        return ts.str.slice(start, size).cast(pl.Int64, strict=False)
+
+    frac_digits = ts.str.slice(20, (length - 20 - off_len).clip(lower_bound=0)).str.slice(0, 6)
+    frame = frame.with_columns(
+        _shape=ts.str.contains(_TS_PATTERN),
+        _zulu=zulu,
+        _numeric=numeric,
+        _Y=part(0, 4),
+        _M=part(5, 2),
+        _D=part(8, 2),
+        _h=part(11, 2),
+        _m=part(14, 2),
+        _s=part(17, 2),
+        _f=pl.when(ts.str.slice(19, 1) == ".")
+        .then(frac_digits.str.pad_end(6, "0").cast(pl.Int64, strict=False))
+        .otherwise(0),
+        _oh=ts.str.slice(-5, 2).cast(pl.Int64, strict=False),
+        _om=ts.str.slice(-2, 2).cast(pl.Int64, strict=False),
+        _sign=pl.when(ts.str.slice(-6, 1) == "-").then(-1).otherwise(1),
+    )
+    year, month, day = pl.col("_Y"), pl.col("_M"), pl.col("_D")
+    has_offset = pl.col("_zulu") | pl.col("_numeric")
+    off_h = pl.when(pl.col("_numeric")).then(pl.col("_oh")).otherwise(0)
+    off_m = pl.when(pl.col("_numeric")).then(pl.col("_om")).otherwise(0)
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    days_in_month = (
+        pl.when(month == 2)
+        .then(pl.when(leap).then(29).otherwise(28))
+        .when(month.is_in([4, 6, 9, 11]))
+        .then(30)
+        .otherwise(31)
+    )
+    well_formed = (
+        pl.col("_shape")
+        & (year >= 1)
+        & month.is_between(1, 12)
+        & (day >= 1)
+        & (day <= days_in_month)
+        & (pl.col("_h") <= 23)
+        & (pl.col("_m") <= 59)
+        & (pl.col("_s") <= 59)
+        & (off_h <= 23)
+        & (off_m <= 59)
+    ).fill_null(False)
+    # days since 1970-01-01 of the civil date (H. Hinnant's days_from_civil; year >= 1 here)
+    y = year - (month <= 2).cast(pl.Int64)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    seconds = (
+        days * 86400
+        + pl.col("_h") * 3600
+        + pl.col("_m") * 60
+        + pl.col("_s")
+        - pl.col("_sign") * (off_h * 3600 + off_m * 60)
+    )
+    return frame.with_columns(
+        _ts_ok=well_formed,
+        _ts_naive=well_formed & ~has_offset,
+        t_us=pl.when(well_formed & has_offset)
+        .then(seconds * 1_000_000 + pl.col("_f"))
+        .otherwise(None),
+    )
+
+
+def _validate(
+    frame: pl.DataFrame, settings: Settings, now_us: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split into accepted and rejected rows (with `reason`, `detail`), both in line order.
+
+    Folds `skill_area` into `skill` and adds `t_us`.
+    """
+    use_alias = pl.col("skill").is_null() & pl.col("skill" + _BAD).is_null()
+    lazy = frame.lazy().with_columns(
+        skill=pl.when(use_alias).then(pl.col("skill_area")).otherwise(pl.col("skill")),
+        skill__bad=pl.when(use_alias)
+        .then(pl.col("skill_area" + _BAD))
+        .otherwise(pl.col("skill" + _BAD)),
+        _skill_name=pl.when(use_alias)
+        .then(pl.lit("skill_area (alias of skill)"))
+        .otherwise(pl.lit("skill")),
+    )
+    lazy = _timestamp_fields(lazy)
+    limit_us = now_us + int(settings.max_clock_skew.total_seconds() * 1_000_000)
+
+    checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+
+    def present(name: str) -> pl.Expr:
+        return pl.col(name).is_not_null() | pl.col(name + _BAD).is_not_null()
+
+    def missing(name: str) -> None:
+        checks.append(
+            (
+                ~present(name),
+                f"missing_field:{name}",
+                pl.lit(f"required field {name} is missing or null"),
+            )
+        )
+
+    def wrong_type(name: str, expected: str, label: pl.Expr | None = None) -> None:
+        label = label if label is not None else pl.lit(name)
+        checks.append(
+            (
+                pl.col(name + _BAD).is_not_null(),
+                f"invalid_field:{name}",
+                label + pl.lit(f" must be {expected}, got ") + pl.col(name + _BAD),
+            )
+        )
+
+    def string_field(name: str, required: bool, label: pl.Expr | None = None) -> None:
+        limit = _STRING_LIMITS[name]
+        label = label if label is not None else pl.lit(name)
+        if required:
+            missing(name)
+        wrong_type(name, f"a string of 1-{limit} characters", label)
+        length = pl.col(name).str.len_chars()
+        checks.append(
+            (
+                (length < 1) | (length > limit),
+                f"invalid_field:{name}",
+                label
+                + pl.lit(f" must be 1-{limit} characters, got ")
+                + length.cast(pl.String)
+                + pl.lit(" characters: ")
+                + _echo(pl.col(name)),
+            )
+        )
+
+    def number_field(name: str, low: float, high: float, what: str) -> None:
+        wrong_type(name, what)
+        value = pl.col(name)
+        bad = (value < low) | (value > high) | value.is_nan()
+        if name == "xp":
+            bad = bad | (value != value.floor())
+        checks.append(
+            (
+                bad,
+                f"invalid_field:{name}",
+                pl.lit(f"{name} must be {what}, got ") + _number_text(value),
+            )
+        )
+
+    string_field("event_id", required=True)
+    string_field("user_id", required=True)
+    # type
+    missing("type")
+    wrong_type("type", "a string naming an event type")
+    checks.append(
+        (
+            ~pl.col("type").is_in(list(EVENT_TYPES)),
+            "unknown_type",
+            pl.lit("unknown event type ") + _echo(pl.col("type")),
+        )
+    )
+    # timestamp
+    missing("timestamp")
+    wrong_type("timestamp", "an RFC 3339 date-time string")
+    ts = pl.col("timestamp")
+    checks.append(
+        (
+            ts.is_not_null() & ~pl.col("_ts_ok"),
+            "invalid_field:timestamp",
+            pl.lit("timestamp is not a valid RFC 3339 date-time (e.g. 2026-03-01T09:30:00Z): ")
+            + _echo(ts),
+        )
+    )
+    checks.append(
+        (
+            pl.col("_ts_naive"),
+            "timestamp_missing_timezone",
+            pl.lit("timestamp ")
+            + _echo(ts)
+            + pl.lit(" has no UTC offset; add Z or +HH:MM / -HH:MM"),
+        )
+    )
+    string_field("cohort_id", required=False)
+    string_field("org_id", required=False)
+    string_field("skill", required=False, label=pl.col("_skill_name"))
+    string_field("content_id", required=False)
+    number_field("score", 0, 100, "a number in [0, 100]")
+    number_field("duration_s", 0, 86400, "a number in [0, 86400]")
+    number_field("xp", 0, _MAX_XP, f"an integer in [0, {_MAX_XP}]")
+    string_field("session_id", required=False)
+    # timezone
+    wrong_type("timezone", "an IANA time zone name")
+    tz = pl.col("timezone")
+    checks.append(
+        (
+            tz.is_not_null() & ~tz.is_in(_zone_series().implode()),
+            "invalid_field:timezone",
+            pl.lit("timezone ") + _echo(tz) + pl.lit(" is not an IANA time zone name"),
+        )
+    )
+    # event time vs processing time, last
+    skew_s = settings.max_clock_skew.total_seconds()
+    checks.append(
+        (
+            pl.col("t_us") > limit_us,
+            "timestamp_in_future",
+            pl.lit("timestamp ")
+            + _echo(ts)
+            + pl.lit(" is ")
+            + ((pl.col("t_us") - now_us) / 1_000_000).round(3).cast(pl.String)
+            + pl.lit(f" s after processing time (max_clock_skew={skew_s:g} s)"),
+        )
+    )
+
+    reason = pl.coalesce(
+        [pl.col("pre_reason")]
+        + [pl.when(cond.fill_null(False)).then(pl.lit(r)) for cond, r, _ in checks]
+    )
+    lazy = lazy.with_columns(reason=reason)
+    accepted = lazy.filter(pl.col("reason").is_null()).with_columns(
+        detail=pl.lit(None, dtype=pl.String)
+    )
+    detail = pl.coalesce(
+        [pl.col("pre_detail")]
+        + [
+            pl.when(cond.fill_null(False)).then(text.fill_null(pl.lit(r)))
+            for cond, r, text in checks
+        ]
+        + [pl.col("reason")]
+    )
+    rejected = lazy.filter(pl.col("reason").is_not_null()).with_columns(detail=detail)
+    good, bad = pl.collect_all([accepted, rejected])
+    return good, bad
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def _source_ref(prefix: str, positions: pl.Series, idx: pl.Series) -> pl.Series:
+    return (prefix + positions.gather(idx).cast(pl.String)).rename("source_ref")
+
+
+def _local_dates(t_us: pl.Series, zones: pl.Series) -> pl.Series:
+    """Local calendar day of each instant in its zone (DST-correct), one pass per distinct zone."""
+    instants = t_us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    distinct = zones.unique().to_list()
+    if len(distinct) == 1:
+        return _date_in(instants, distinct[0])
+    frame = pl.DataFrame({"i": pl.int_range(0, t_us.len(), eager=True), "t": instants, "z": zones})
+    pieces = []
+    for (zone,), group in frame.group_by("z"):
+        pieces.append(group.select("i", date=_date_in(group.get_column("t"), str(zone))))
+    return pl.concat(pieces).sort("i").get_column("date")
+
+
+def _date_in(instants: pl.Series, zone: str) -> pl.Series:
+    if zone == "UTC":
+        return instants.dt.date().rename("date")
+    return instants.dt.convert_time_zone(zone).dt.date().rename("date")
+
+
+def _events(
+    accepted: pl.DataFrame,
+    prefix: str,
+    positions: pl.Series,
+    settings: Settings,
+    pseudonymizer: Pseudonymizer,
+    seq_start: int,
+) -> pl.DataFrame:
+    if accepted.height == 0:
+        return pl.DataFrame(schema=EVENT_BATCH_SCHEMA)
+    idx = accepted.get_column("idx")
+    zones = accepted.get_column("timezone").fill_null(settings.default_timezone)
+    t_us = accepted.get_column("t_us")
+    out = accepted.select(
+        seq=pl.col("idx") + seq_start,
+        source_ref=_source_ref(prefix, positions, idx),
+        event_id=pl.col("event_id"),
+        user_key=pseudonymizer.keys(accepted.get_column("user_id")),
+        type=pl.col("type"),
+        t_us=pl.col("t_us"),
+        timezone=zones,
+        date=_local_dates(t_us, zones),
+        cohort_id=pl.col("cohort_id"),
+        org_id=pl.col("org_id"),
+        skill=pl.col("skill"),
+        content_id=pl.col("content_id"),
+        score=pl.col("score"),
+        duration_s=pl.col("duration_s"),
+        xp=pl.col("xp").cast(pl.Int64),
+        session_id=pl.col("session_id"),
+    )
+    return out.select([pl.col(c).cast(t) for c, t in EVENT_BATCH_SCHEMA.items()])
+
+
+def _rejected(
+    rejected: pl.DataFrame,
+    prefix: str,
+    positions: pl.Series,
+    text: pl.Series,
+    binary: pl.Series,
+    seq_start: int,
+) -> pl.DataFrame:
+    if rejected.height == 0:
+        return pl.DataFrame(schema=REJECTED_BATCH_SCHEMA)
+    idx = rejected.get_column("idx")
+    payload = text.gather(idx)
+    if payload.null_count():
+        payload = pl.select(
+            pl.coalesce(pl.lit(payload), pl.lit(binary.gather(idx)).bin.encode("base64"))
+        ).to_series()
+    out = rejected.select(
+        seq=pl.col("idx") + seq_start,
+        source_ref=_source_ref(prefix, positions, idx),
+        reason=pl.col("reason"),
+        detail=pl.col("detail"),
+        payload=payload,
+    )
+    return out.select([pl.col(c).cast(t) for c, t in REJECTED_BATCH_SCHEMA.items()])
