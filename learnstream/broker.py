@@ -14,7 +14,8 @@ confluent-kafka 2.16 / librdkafka 2.16 on this machine:
   end-of-file signal (`enable.partition.eof`) on empty and on fully read partitions: yes.
   Offsets are dense and increase by one per record.
 - Idempotent producers (`enable.idempotence=true`, InitProducerId and sequence numbers): accepted,
-  100k messages x 5 codecs delivered without error. `TopicWriter` enables it.
+  100k messages x 5 codecs delivered without error, order kept per partition. `TopicWriter`
+  enables it. The first ProducerId takes librdkafka ~0.5-1 s (a retry timer), once per producer.
 - Consumer groups (subscribe, JoinGroup/SyncGroup, offset commit and fetch): work, with a ~3 s
   initial rebalance delay. learnstream's source does not use them (manual `assign`).
 - Transactions: the API is accepted (init/begin/commit/abort), and `read_committed` consumers do
@@ -25,6 +26,9 @@ confluent-kafka 2.16 / librdkafka 2.16 on this machine:
   of the last record *batch* plus one, not the true high watermark (100 records produced in one
   batch -> high watermark 1). Never use it to decide where a partition ends; use the fetch
   end-of-partition event (`enable.partition.eof`) as `sources.kafka` does.
+- Fetch throughput here is roughly 200k small (100-byte) records/s per consumer: enough for
+  tests and demos, not a benchmark of the pipeline.
+- On SIGTERM Tansu waits for connected clients to go away; `stop()` SIGKILLs after a grace.
 - Storage is memory only here (`memory://tansu/`): everything is gone when the process stops.
 """
 

@@ -16,8 +16,8 @@ Differences from Bytewax's source, and why:
   offset still moves past them.
 - Consumer errors are counted and logged; only fatal or authorisation/authentication errors stop
   the flow (transport errors while a broker restarts are retried by librdkafka).
-- When nothing arrived, `next_awake` puts the partition to sleep for `idle_backoff_s` instead of
-  polling in a busy loop.
+- When nothing arrived, `next_awake` puts the partition to sleep (2 ms doubling up to
+  `idle_backoff_s`) instead of polling in a busy loop.
 - End of topic is the fetch end-of-partition event (`enable.partition.eof`), never
   `get_watermark_offsets`: Tansu answers ListOffsets with the last batch's base offset + 1.
 
@@ -121,7 +121,8 @@ class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._ref_prefix = f"kafka:{topic}/{partition}/"
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
-        self._idle_backoff = timedelta(seconds=idle_backoff_s)
+        self._idle_backoff_s = idle_backoff_s
+        self._empty_polls = 0
         self._stop_at_end = stop_at_end
         self._at_end = False
         self._awake: datetime | None = None
@@ -133,8 +134,13 @@ class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, int]):
         msgs = self._consumer.consume(self._batch_size, self._poll_timeout_s)
         received_at_us = time.time_ns() // 1000
         if not msgs:
-            self._awake = datetime.now(UTC) + self._idle_backoff
+            # Back off 2, 4, 8... ms up to idle_backoff_s: short while a fetch is merely in
+            # flight (catching up), long when the partition is really idle. No busy loop.
+            self._empty_polls += 1
+            pause = min(self._idle_backoff_s, 0.001 * 2 ** min(self._empty_polls, 20))
+            self._awake = datetime.now(UTC) + timedelta(seconds=pause)
             return []
+        self._empty_polls = 0
         self._awake = None
         lines: list[bytes] = []
         offsets: list[int] = []
@@ -206,8 +212,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     :arg batch_size: most messages per batch (one `consume()` call).
     :arg poll_timeout_s: how long one `consume()` waits for `batch_size` messages; it blocks
         the worker, so keep it short.
-    :arg idle_backoff_s: how long a partition sleeps (via `next_awake`) after a poll that
-        returned nothing.
+    :arg idle_backoff_s: the longest a partition sleeps (via `next_awake`) after polls that
+        returned nothing; the pause doubles from 2 ms up to this with each empty poll.
     :arg starting_offset: where a partition without snapshot state starts (default: the
         beginning; `confluent_kafka.OFFSET_END` for only new messages).
     """
