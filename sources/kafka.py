@@ -46,25 +46,12 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from operators.decode import RawBatch
+
 __all__ = ["KafkaBatchSource", "KafkaSourceStats", "RawBatch"]
 
 _log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True)
-class _LocalRawBatch:
-    """Stand-in with the fields of `operators.decode.RawBatch` until that module exists."""
-
-    lines: list[bytes]
-    ref_prefix: str
-    positions: np.ndarray
-    received_at_us: int
-
-
-try:
-    from operators.decode import RawBatch
-except ImportError:  # pragma: no cover - until operators/decode.py lands
-    RawBatch = _LocalRawBatch  # type: ignore[misc,assignment]
 
 # Errors that retrying cannot fix: stop the flow with a message that names them.
 _FATAL_CODES = frozenset(
