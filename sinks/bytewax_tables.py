@@ -1,0 +1,146 @@
+"""Bytewax sink writing the analyst tables through one `TableStore` (Parquet + DuckDB).
+
+What happens on failure. Bytewax recovery is at-least-once: after a crash the flow resumes from
+its last snapshot and replays the work done since. This sink makes that exactly-once *per key*:
+
+- `snapshot()` commits everything buffered before returning, so the recovery snapshot Bytewax
+  stores afterwards never runs ahead of durable output.
+- Output may run ahead of the snapshot (commits every `commit_interval`, or a crash after the
+  commit but before Bytewax stored its snapshot). The replay then writes the same keys again and
+  every write is an upsert by key, so each key still has exactly one row, holding the replayed
+  values. A row that the replay would *not* produce again (an operator that is not deterministic,
+  e.g. one driven by wall-clock time) stays as committed.
+- A crash in the middle of a commit leaves every dataset with at most one row per key; staging
+  left behind is cleaned when the next `TableStore` starts (see `sinks.tables`).
+- If a commit raises (disk full, DuckDB locked by an analyst for longer than the store's lock
+  timeout), the exception stops the flow; the rows stay buffered only in the dead process, and the
+  restarted flow replays them from the last snapshot.
+
+There is ONE partition, so exactly one worker (in one process) owns the `TableStore` and DuckDB
+has a single writer, whatever `-w/-i` say; Bytewax routes every item to that worker.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from schemas.tables import TABLES, Table
+from sinks.tables import TableStore
+
+#: what reaches `write_batch`: Bytewax strips the routing key, so normally a bare frame; a
+#: `(table_name, frame)` pair is accepted too (for streams keyed by something else)
+TableValue = pl.DataFrame | tuple[str, pl.DataFrame]
+#: resume state: {"commits": int, "committed_at": ISO-8601 str | None}
+ResumeState = dict[str, Any]
+
+PARTITION = "tables"
+
+
+def _signatures(tables: dict[str, Table]) -> dict[tuple[str, ...], str]:
+    sigs: dict[tuple[str, ...], str] = {}
+    for name, t in tables.items():
+        sig = tuple(t.columns)
+        if sig in sigs:
+            raise ValueError(
+                f"tables {sigs[sig]!r} and {name!r} have the same columns; "
+                "route (table_name, frame) pairs as values instead"
+            )
+        sigs[sig] = name
+    return sigs
+
+
+class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
+    def __init__(
+        self,
+        store: TableStore,
+        commit_interval: timedelta,
+        signatures: dict[tuple[str, ...], str],
+        resume_state: ResumeState | None,
+    ) -> None:
+        self._store = store
+        self._interval_s = commit_interval.total_seconds()
+        self._signatures = signatures
+        state = resume_state or {}
+        self._commits = int(state.get("commits", 0))
+        self._committed_at: str | None = state.get("committed_at")
+        self._last_commit = time.monotonic()
+
+    def _table_of(self, value: TableValue) -> tuple[str, pl.DataFrame]:
+        if isinstance(value, tuple):
+            return value
+        name = self._signatures.get(tuple(value.columns))
+        if name is None:
+            raise ValueError(
+                f"TablesSink got a frame with columns {value.columns} that match no table in "
+                "schemas.tables; build frames with TABLES[name].conform(frame)"
+            )
+        return name, value
+
+    def _commit(self) -> None:
+        stats = self._store.commit()
+        self._last_commit = time.monotonic()
+        if stats.rows:
+            self._commits += 1
+            self._committed_at = datetime.now(UTC).isoformat()
+
+    def write_batch(self, values: list[TableValue]) -> None:
+        """Buffer frames; commit when `commit_interval` has passed since the last commit."""
+        for value in values:
+            name, frame = self._table_of(value)
+            self._store.write(name, frame)
+        if time.monotonic() - self._last_commit >= self._interval_s:
+            self._commit()
+
+    def snapshot(self) -> ResumeState:
+        """Commit first, so Bytewax's recovery snapshot never runs ahead of durable output."""
+        self._commit()
+        return {"commits": self._commits, "committed_at": self._committed_at}
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
+    """Write `(table_name, polars.DataFrame)` items to Parquet and DuckDB under `out_dir`.
+
+    Frames must be conformed to their table (`schemas.tables.Table.conform`). Bytewax hands the
+    partition only the frame, so the table is recognised by its exact column list (distinct for
+    every table; checked here). Commits happen every `commit_interval` of wall-clock time (checked
+    when a batch arrives) and at every Bytewax snapshot, i.e. at least once per epoch.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        commit_interval: timedelta = timedelta(seconds=10),
+        *,
+        tables: dict[str, Table] | None = None,
+        lock_timeout_s: float = 60.0,
+    ) -> None:
+        if commit_interval < timedelta(0):
+            raise ValueError(f"commit_interval must not be negative, got {commit_interval}")
+        self.out_dir = Path(out_dir)
+        self.commit_interval = commit_interval
+        self.tables = dict(TABLES if tables is None else tables)
+        self.lock_timeout_s = lock_timeout_s
+        self._signatures = _signatures(self.tables)
+
+    def list_parts(self) -> list[str]:
+        return [PARTITION]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: ResumeState | None
+    ) -> _TablesPartition:
+        """Open the store (which cleans up after a crash). Nothing needs rolling back: rows
+        committed after the snapshot are overwritten by the replay's upserts."""
+        store = TableStore(self.out_dir, self.tables, lock_timeout_s=self.lock_timeout_s)
+        return _TablesPartition(store, self.commit_interval, self._signatures, resume_state)
