@@ -144,8 +144,12 @@ _PARSE_OPTIONS = pa_json.ParseOptions(
 )
 _ROW_HINT = re.compile(r"in row (\d+)")
 # literals the Arrow reader accepts but strict JSON does not, and line breaks inside a record
-_ARROW_ONLY = re.compile(r"[\n\r]|[:,\[][ \t]*[-+]?(?:NaN|Inf)")
-_ARROW_ONLY_LITERALS = r"NaN|Inf|\n|\r"  # a plain alternation: much faster than the regex above
+# - NaN / Inf / Infinity literals (Arrow reads them, strict JSON does not);
+# - CR / LF inside a record (a pretty-printed Kafka message would become several Arrow rows);
+# - `}` then `{`: two objects on one line (Arrow makes two rows; valid JSON never has it
+#   outside strings).
+_ARROW_ONLY = re.compile(r"[\n\r]|[:,\[][ \t]*[-+]?(?:NaN|Inf)|\}[ \t]*\{")
+_ARROW_SUSPECT = r"NaN|Inf|[\n\r]|\}[ \t]*\{"  # cheap superset of _ARROW_ONLY
 
 _TS_PATTERN = (
     r"^(?P<Y>[0-9]{4})-(?P<M>[0-9]{2})-(?P<D>[0-9]{2})[Tt ]"
@@ -296,7 +300,7 @@ def _arrow_safe(text: pl.Series, sizes: pl.Series) -> np.ndarray:
     (fast); the exact regex only on the few lines that contain one of them.
     """
     safe = text.str.starts_with("{").fill_null(False).to_numpy().copy()
-    suspect = np.flatnonzero(text.str.contains(_ARROW_ONLY_LITERALS).fill_null(False).to_numpy())
+    suspect = np.flatnonzero(text.str.contains(_ARROW_SUSPECT).fill_null(False).to_numpy())
     if suspect.size:
         exact = text.gather(suspect).str.contains(_ARROW_ONLY.pattern).fill_null(True).to_numpy()
         safe[suspect[exact]] = False
@@ -316,9 +320,12 @@ def _arrow_parse(
 ) -> tuple[list[pl.DataFrame], np.ndarray]:
     """Parse `lines[idx]` with the Arrow JSON reader; returns frames and the lines it refused.
 
-    Works on contiguous ranges of `idx`. A failing range is split at the row the error names
-    (that line goes to the slow path, the rest is retried) or, without a usable hint, bisected.
-    A wrong hint costs time, never correctness: the slow path decides exactly.
+    The lines are joined once per chunk (at most `_CHUNK_BYTES`); retries read zero-copy slices
+    of that buffer. A failing range is split at the row the error names (that line goes to the
+    slow path, the rest is retried) or, without a usable hint, bisected. A wrong hint costs
+    time, never correctness: the slow path decides exactly. A failed read costs about as much
+    as parsing up to the bad line; after `8 + lines / 2000` failures the rest goes to the slow
+    path, which is then cheaper.
     """
     if idx.size == len(lines):  # the usual case: every line
         selected = lines
@@ -326,31 +333,43 @@ def _arrow_parse(
         selected = [lines[int(idx[0])]]
     else:
         selected = list(itemgetter(*idx.tolist())(lines))
-    bounds = _chunk_bounds(sizes[idx] + 1)
+    line_bytes = sizes[idx] + 1  # with the joining newline
+    bounds = _chunk_bounds(line_bytes)
     frames: list[pl.DataFrame] = []
     refused: list[int] = []
-    work = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)][::-1]
-    while work:
-        lo, hi = work.pop()
-        if lo >= hi:
-            continue
-        result = _arrow_read(selected[lo:hi])
-        if isinstance(result, pl.DataFrame):
-            frames.append(result.with_columns(idx=pl.Series(idx[lo:hi], dtype=pl.Int64)))
-            continue
-        if hi - lo == 1:
-            refused.append(lo)
-            continue
-        row = result
-        if row is not None and 0 <= row < hi - lo:
-            refused.append(lo + row)
-            work.append((lo + row + 1, hi))
-            work.append((lo, lo + row))  # parsed next: keeps the frames in line order
-        else:
-            mid = (lo + hi) // 2
-            work.append((mid, hi))
-            work.append((lo, mid))
-    return frames, idx[np.asarray(refused, dtype=np.int64)]
+    failures_left = 8 + len(selected) // 2000
+    for c_lo, c_hi in zip(bounds[:-1], bounds[1:], strict=True):
+        buf = pa.py_buffer(b"\n".join(selected[c_lo:c_hi]))
+        starts = np.zeros(c_hi - c_lo + 1, dtype=np.int64)
+        np.cumsum(line_bytes[c_lo:c_hi], out=starts[1:])
+        work = [(0, c_hi - c_lo)]
+        while work:
+            lo, hi = work.pop()
+            if lo >= hi:
+                continue
+            if failures_left <= 0:
+                refused.extend(range(c_lo + lo, c_lo + hi))
+                continue
+            data = buf.slice(int(starts[lo]), int(starts[hi] - starts[lo] - 1))
+            result = _arrow_read(data, hi - lo)
+            if isinstance(result, pl.DataFrame):
+                rows = pl.Series(idx[c_lo + lo : c_lo + hi], dtype=pl.Int64)
+                frames.append(result.with_columns(idx=rows))
+                continue
+            failures_left -= 1
+            if hi - lo == 1:
+                refused.append(c_lo + lo)
+                continue
+            row = result
+            if row is not None and 0 <= row < hi - lo:
+                refused.append(c_lo + lo + row)
+                work.append((lo + row + 1, hi))
+                work.append((lo, lo + row))  # parsed next: keeps the frames in line order
+            else:
+                mid = (lo + hi) // 2
+                work.append((mid, hi))
+                work.append((lo, mid))
+    return frames, idx[np.sort(np.asarray(refused, dtype=np.int64))]
 
 
 def _chunk_bounds(sizes: np.ndarray) -> list[int]:
@@ -367,18 +386,17 @@ def _chunk_bounds(sizes: np.ndarray) -> list[int]:
     return bounds
 
 
-def _arrow_read(chunk: list[bytes]) -> pl.DataFrame | int | None:
-    """A frame when the chunk parses to one row per line; else the failing row hint or None."""
-    buf = b"\n".join(chunk)
-    options = pa_json.ReadOptions(block_size=len(buf) + 2, use_threads=True)
+def _arrow_read(data: pa.Buffer, lines: int) -> pl.DataFrame | int | None:
+    """A frame when `data` parses to one row per line; else the failing row hint or None."""
+    options = pa_json.ReadOptions(block_size=max(data.size + 2, 1 << 10), use_threads=True)
     try:
         table = pa_json.read_json(
-            pa.BufferReader(buf), read_options=options, parse_options=_PARSE_OPTIONS
+            pa.BufferReader(data), read_options=options, parse_options=_PARSE_OPTIONS
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    except (pa.ArrowException, ValueError) as exc:
         match = _ROW_HINT.search(str(exc))
         return int(match.group(1)) if match else None
-    if table.num_rows != len(chunk):  # e.g. two objects on one line
+    if table.num_rows != lines:  # e.g. two objects on one line
         return None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -514,12 +532,16 @@ def _number_text(expr: pl.Expr) -> pl.Expr:
     return expr.cast(pl.String)
 
 
-def _timestamp_fields(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Parse `timestamp` (RFC 3339) into `_ts_ok`, `_ts_naive` and `t_us`, vectorised.
+@cache
+def _prepare_exprs() -> tuple[list[pl.Expr], list[pl.Expr], list[pl.Expr]]:
+    """Three `with_columns` stages: fold `skill_area` into `skill` and cut the timestamp, then
+    check and convert it (RFC 3339, vectorised).
 
-    One anchored regex checks the shape; the parts are then cut at fixed positions (the shape
-    guarantees them), which is several times cheaper than capture groups.
+    One anchored regex checks the timestamp's shape; the parts are then cut at fixed positions
+    (the shape guarantees them), which is several times cheaper than capture groups. Built once:
+    the expressions depend on neither settings nor clock.
     """
+    use_alias = pl.col("skill").is_null() & pl.col("skill" + _BAD).is_null()
     ts = pl.col("timestamp")
     length = ts.str.len_bytes().cast(pl.Int64)
     last = ts.str.slice(-1, 1)
@@ -531,27 +553,40 @@ def _timestamp_fields(frame: pl.LazyFrame) -> pl.LazyFrame:
         return ts.str.slice(start, size).cast(pl.Int64, strict=False)
 
     frac_digits = ts.str.slice(20, (length - 20 - off_len).clip(lower_bound=0)).str.slice(0, 6)
-    frame = frame.with_columns(
-        _shape=ts.str.contains(_TS_PATTERN),
-        _zulu=zulu,
-        _numeric=numeric,
-        _Y=part(0, 4),
-        _M=part(5, 2),
-        _D=part(8, 2),
-        _h=part(11, 2),
-        _m=part(14, 2),
-        _s=part(17, 2),
-        _f=pl.when(ts.str.slice(19, 1) == ".")
+    first = [
+        pl.when(use_alias).then(pl.col("skill_area")).otherwise(pl.col("skill")).alias("skill"),
+        pl.when(use_alias)
+        .then(pl.col("skill_area" + _BAD))
+        .otherwise(pl.col("skill" + _BAD))
+        .alias("skill" + _BAD),
+        pl.when(use_alias)
+        .then(pl.lit("skill_area (alias of skill)"))
+        .otherwise(pl.lit("skill"))
+        .alias("_skill_name"),
+        ts.str.contains(_TS_PATTERN).alias("_shape"),
+        zulu.alias("_zulu"),
+        numeric.alias("_numeric"),
+        part(0, 4).alias("_Y"),
+        part(5, 2).alias("_M"),
+        part(8, 2).alias("_D"),
+        part(11, 2).alias("_h"),
+        part(14, 2).alias("_m"),
+        part(17, 2).alias("_s"),
+        pl.when(ts.str.slice(19, 1) == ".")
         .then(frac_digits.str.pad_end(6, "0").cast(pl.Int64, strict=False))
-        .otherwise(0),
-        _oh=ts.str.slice(-5, 2).cast(pl.Int64, strict=False),
-        _om=ts.str.slice(-2, 2).cast(pl.Int64, strict=False),
-        _sign=pl.when(ts.str.slice(-6, 1) == "-").then(-1).otherwise(1),
-    )
+        .otherwise(0)
+        .alias("_f"),
+        pl.when(numeric)
+        .then(ts.str.slice(-5, 2).cast(pl.Int64, strict=False))
+        .otherwise(0)
+        .alias("_oh"),
+        pl.when(numeric)
+        .then(ts.str.slice(-2, 2).cast(pl.Int64, strict=False))
+        .otherwise(0)
+        .alias("_om"),
+        pl.when(ts.str.slice(-6, 1) == "-").then(-1).otherwise(1).alias("_sign"),
+    ]
     year, month, day = pl.col("_Y"), pl.col("_M"), pl.col("_D")
-    has_offset = pl.col("_zulu") | pl.col("_numeric")
-    off_h = pl.when(pl.col("_numeric")).then(pl.col("_oh")).otherwise(0)
-    off_m = pl.when(pl.col("_numeric")).then(pl.col("_om")).otherwise(0)
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     days_in_month = (
         pl.when(month == 2)
@@ -560,18 +595,23 @@ def _timestamp_fields(frame: pl.LazyFrame) -> pl.LazyFrame:
         .then(30)
         .otherwise(31)
     )
-    well_formed = (
-        pl.col("_shape")
-        & (year >= 1)
-        & month.is_between(1, 12)
-        & (day >= 1)
-        & (day <= days_in_month)
-        & (pl.col("_h") <= 23)
-        & (pl.col("_m") <= 59)
-        & (pl.col("_s") <= 59)
-        & (off_h <= 23)
-        & (off_m <= 59)
-    ).fill_null(False)
+    second = [
+        (
+            pl.col("_shape")
+            & (year >= 1)
+            & month.is_between(1, 12)
+            & (day >= 1)
+            & (day <= days_in_month)
+            & (pl.col("_h") <= 23)
+            & (pl.col("_m") <= 59)
+            & (pl.col("_s") <= 59)
+            & (pl.col("_oh") <= 23)
+            & (pl.col("_om") <= 59)
+        )
+        .fill_null(False)
+        .alias("_ts_ok"),
+        (pl.col("_zulu") | pl.col("_numeric")).fill_null(False).alias("_has_offset"),
+    ]
     # days since 1970-01-01 of the civil date (H. Hinnant's days_from_civil; year >= 1 here)
     y = year - (month <= 2).cast(pl.Int64)
     era = y // 400
@@ -584,59 +624,40 @@ def _timestamp_fields(frame: pl.LazyFrame) -> pl.LazyFrame:
         + pl.col("_h") * 3600
         + pl.col("_m") * 60
         + pl.col("_s")
-        - pl.col("_sign") * (off_h * 3600 + off_m * 60)
+        - pl.col("_sign") * (pl.col("_oh") * 3600 + pl.col("_om") * 60)
     )
-    return frame.with_columns(
-        _ts_ok=well_formed,
-        _ts_naive=well_formed & ~has_offset,
-        t_us=pl.when(well_formed & has_offset)
+    ok = pl.col("_ts_ok")
+    third = [
+        (ok & ~pl.col("_has_offset")).alias("_ts_naive"),
+        pl.when(ok & pl.col("_has_offset"))
         .then(seconds * 1_000_000 + pl.col("_f"))
-        .otherwise(None),
-    )
+        .otherwise(None)
+        .alias("t_us"),
+    ]
+    return first, second, third
 
 
-def _validate(
-    frame: pl.DataFrame, settings: Settings, now_us: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split into accepted and rejected rows (with `reason`, `detail`), both in line order.
+_Check = tuple[pl.Expr, str, pl.Expr]  # (fails, reason, detail) with fails never null
 
-    Folds `skill_area` into `skill` and adds `t_us`.
-    """
-    use_alias = pl.col("skill").is_null() & pl.col("skill" + _BAD).is_null()
-    lazy = frame.lazy().with_columns(
-        skill=pl.when(use_alias).then(pl.col("skill_area")).otherwise(pl.col("skill")),
-        skill__bad=pl.when(use_alias)
-        .then(pl.col("skill_area" + _BAD))
-        .otherwise(pl.col("skill" + _BAD)),
-        _skill_name=pl.when(use_alias)
-        .then(pl.lit("skill_area (alias of skill)"))
-        .otherwise(pl.lit("skill")),
-    )
-    lazy = _timestamp_fields(lazy)
-    limit_us = now_us + int(settings.max_clock_skew.total_seconds() * 1_000_000)
 
-    checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+@cache
+def _field_checks() -> tuple[_Check, ...]:
+    """The field checks of SPEC §1 in precedence order (they depend on no setting)."""
+    checks: list[_Check] = []
 
-    def present(name: str) -> pl.Expr:
-        return pl.col(name).is_not_null() | pl.col(name + _BAD).is_not_null()
+    def add(fails: pl.Expr, reason: str, detail: pl.Expr) -> None:
+        checks.append((fails.fill_null(False), reason, detail.fill_null(pl.lit(reason))))
 
     def missing(name: str) -> None:
-        checks.append(
-            (
-                ~present(name),
-                f"missing_field:{name}",
-                pl.lit(f"required field {name} is missing or null"),
-            )
-        )
+        present = pl.col(name).is_not_null() | pl.col(name + _BAD).is_not_null()
+        add(~present, f"missing_field:{name}", pl.lit(f"required field {name} is missing or null"))
 
     def wrong_type(name: str, expected: str, label: pl.Expr | None = None) -> None:
         label = label if label is not None else pl.lit(name)
-        checks.append(
-            (
-                pl.col(name + _BAD).is_not_null(),
-                f"invalid_field:{name}",
-                label + pl.lit(f" must be {expected}, got ") + pl.col(name + _BAD),
-            )
+        add(
+            pl.col(name + _BAD).is_not_null(),
+            f"invalid_field:{name}",
+            label + pl.lit(f" must be {expected}, got ") + pl.col(name + _BAD),
         )
 
     def string_field(name: str, required: bool, label: pl.Expr | None = None) -> None:
@@ -646,16 +667,14 @@ def _validate(
             missing(name)
         wrong_type(name, f"a string of 1-{limit} characters", label)
         length = pl.col(name).str.len_chars()
-        checks.append(
-            (
-                (length < 1) | (length > limit),
-                f"invalid_field:{name}",
-                label
-                + pl.lit(f" must be 1-{limit} characters, got ")
-                + length.cast(pl.String)
-                + pl.lit(" characters: ")
-                + _echo(pl.col(name)),
-            )
+        add(
+            (length < 1) | (length > limit),
+            f"invalid_field:{name}",
+            label
+            + pl.lit(f" must be 1-{limit} characters, got ")
+            + length.cast(pl.String)
+            + pl.lit(" characters: ")
+            + _echo(pl.col(name)),
         )
 
     def number_field(name: str, low: float, high: float, what: str) -> None:
@@ -664,46 +683,34 @@ def _validate(
         bad = (value < low) | (value > high) | value.is_nan()
         if name == "xp":
             bad = bad | (value != value.floor())
-        checks.append(
-            (
-                bad,
-                f"invalid_field:{name}",
-                pl.lit(f"{name} must be {what}, got ") + _number_text(value),
-            )
+        add(
+            bad,
+            f"invalid_field:{name}",
+            pl.lit(f"{name} must be {what}, got ") + _number_text(value),
         )
 
     string_field("event_id", required=True)
     string_field("user_id", required=True)
-    # type
     missing("type")
     wrong_type("type", "a string naming an event type")
-    checks.append(
-        (
-            ~pl.col("type").is_in(list(EVENT_TYPES)),
-            "unknown_type",
-            pl.lit("unknown event type ") + _echo(pl.col("type")),
-        )
+    add(
+        ~pl.col("type").is_in(list(EVENT_TYPES)),
+        "unknown_type",
+        pl.lit("unknown event type ") + _echo(pl.col("type")),
     )
-    # timestamp
     missing("timestamp")
     wrong_type("timestamp", "an RFC 3339 date-time string")
     ts = pl.col("timestamp")
-    checks.append(
-        (
-            ts.is_not_null() & ~pl.col("_ts_ok"),
-            "invalid_field:timestamp",
-            pl.lit("timestamp is not a valid RFC 3339 date-time (e.g. 2026-03-01T09:30:00Z): ")
-            + _echo(ts),
-        )
+    add(
+        ts.is_not_null() & ~pl.col("_ts_ok"),
+        "invalid_field:timestamp",
+        pl.lit("timestamp is not a valid RFC 3339 date-time (e.g. 2026-03-01T09:30:00Z): ")
+        + _echo(ts),
     )
-    checks.append(
-        (
-            pl.col("_ts_naive"),
-            "timestamp_missing_timezone",
-            pl.lit("timestamp ")
-            + _echo(ts)
-            + pl.lit(" has no UTC offset; add Z or +HH:MM / -HH:MM"),
-        )
+    add(
+        pl.col("_ts_naive"),
+        "timestamp_missing_timezone",
+        pl.lit("timestamp ") + _echo(ts) + pl.lit(" has no UTC offset; add Z or +HH:MM / -HH:MM"),
     )
     string_field("cohort_id", required=False)
     string_field("org_id", required=False)
@@ -713,49 +720,63 @@ def _validate(
     number_field("duration_s", 0, 86400, "a number in [0, 86400]")
     number_field("xp", 0, _MAX_XP, f"an integer in [0, {_MAX_XP}]")
     string_field("session_id", required=False)
-    # timezone
     wrong_type("timezone", "an IANA time zone name")
     tz = pl.col("timezone")
-    checks.append(
-        (
-            tz.is_not_null() & ~tz.is_in(_zone_series().implode()),
-            "invalid_field:timezone",
-            pl.lit("timezone ") + _echo(tz) + pl.lit(" is not an IANA time zone name"),
-        )
+    add(
+        tz.is_not_null() & ~tz.is_in(_zone_series().implode()),
+        "invalid_field:timezone",
+        pl.lit("timezone ") + _echo(tz) + pl.lit(" is not an IANA time zone name"),
     )
-    # event time vs processing time, last
-    skew_s = settings.max_clock_skew.total_seconds()
-    checks.append(
-        (
-            pl.col("t_us") > limit_us,
-            "timestamp_in_future",
-            pl.lit("timestamp ")
-            + _echo(ts)
-            + pl.lit(" is ")
-            + ((pl.col("t_us") - now_us) / 1_000_000).round(3).cast(pl.String)
-            + pl.lit(f" s after processing time (max_clock_skew={skew_s:g} s)"),
-        )
+    return tuple(checks)
+
+
+@cache
+def _field_reason() -> pl.Expr:
+    return pl.coalesce(
+        [pl.col("pre_reason")] + [pl.when(c).then(pl.lit(r)) for c, r, _ in _field_checks()]
     )
 
-    reason = pl.coalesce(
-        [pl.col("pre_reason")]
-        + [pl.when(cond.fill_null(False)).then(pl.lit(r)) for cond, r, _ in checks]
+
+def _validate(
+    frame: pl.DataFrame, settings: Settings, now_us: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split into accepted and rejected rows (with `reason`, `detail`), both in line order.
+
+    Folds `skill_area` into `skill` and adds `t_us`. Details are built for rejected rows only.
+    """
+    limit_us = now_us + int(settings.max_clock_skew.total_seconds() * 1_000_000)
+    skew_s = settings.max_clock_skew.total_seconds()
+    future: _Check = (
+        (pl.col("t_us") > limit_us).fill_null(False),
+        "timestamp_in_future",
+        pl.lit("timestamp ")
+        + _echo(pl.col("timestamp"))
+        + pl.lit(" is ")
+        + ((pl.col("t_us") - now_us) / 1_000_000).round(3).cast(pl.String)
+        + pl.lit(f" s after processing time (max_clock_skew={skew_s:g} s)"),
     )
-    lazy = lazy.with_columns(reason=reason)
-    accepted = lazy.filter(pl.col("reason").is_null()).with_columns(
-        detail=pl.lit(None, dtype=pl.String)
+    first, second, third = _prepare_exprs()
+    reason = pl.coalesce([_field_reason(), pl.when(future[0]).then(pl.lit(future[1]))])
+    checked = (
+        frame.lazy()
+        .with_columns(first)
+        .with_columns(second)
+        .with_columns(third)
+        .with_columns(reason.alias("reason"))
+        .collect()
     )
-    detail = pl.coalesce(
-        [pl.col("pre_detail")]
-        + [
-            pl.when(cond.fill_null(False)).then(text.fill_null(pl.lit(r)))
-            for cond, r, text in checks
-        ]
-        + [pl.col("reason")]
-    )
-    rejected = lazy.filter(pl.col("reason").is_not_null()).with_columns(detail=detail)
-    good, bad = pl.collect_all([accepted, rejected])
-    return good, bad
+    is_rejected = checked.get_column("reason").is_not_null()
+    accepted = checked.filter(~is_rejected)
+    rejected = checked.filter(is_rejected)
+    if rejected.height:
+        checks = (*_field_checks(), future)
+        detail = pl.coalesce(
+            [pl.col("pre_detail")] + [pl.when(c).then(d) for c, _, d in checks] + [pl.col("reason")]
+        )
+        rejected = rejected.with_columns(detail=detail)
+    else:
+        rejected = rejected.with_columns(detail=pl.lit(None, dtype=pl.String))
+    return accepted, rejected
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Sharp edges:
 - The cache holds raw `user_id`s in memory (never in outputs, never in snapshots: it is derived
   data that a restart simply recomputes). Size it with `max_cache`; at about 200 bytes per entry
   the default of 2,000,000 entries costs up to ~400 MB. When full, the oldest half is dropped
-  (first in, first out): eviction only costs a recomputation, never a wrong key.
+  (first in, first out): eviction only costs a recomputation, never a wrong key. Within one
+  `keys` call the cache may briefly hold that batch's distinct ids on top of the bound.
 - A user_id that is not valid UTF-8 cannot reach here: polars strings are UTF-8.
 """
 
@@ -72,9 +73,7 @@ class Pseudonymizer:
             append(key)
         if len(cache) > self._max_cache:
             self._evict()
-        mapping = pl.DataFrame(
-            {"id": distinct, "user_key": pl.Series(values, dtype=pl.String)}
-        )
+        mapping = pl.DataFrame({"id": distinct, "user_key": pl.Series(values, dtype=pl.String)})
         out = (
             ids.to_frame("id")
             .join(mapping, on="id", how="left", maintain_order="left")
