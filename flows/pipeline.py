@@ -235,7 +235,10 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         if value.watermark_us is not None:
             self.watermarks[value.source] = max(value.watermark_us, self.watermarks.get(value.source, value.watermark_us))
         watermark = max(self.watermarks.values()) if self.watermarks else None
-        closed = self.users.advance(watermark, final=value.final, emitted_at_us=emitted)
+        # a finite run only needs the final user_state; live runs publish every change
+        closed = self.users.advance(
+            watermark, final=value.final, emitted_at_us=emitted, evaluate=self.cfg.live
+        )
         alerts = pl.concat([got.alerts, closed.alerts])
         late = got.late
         tables = {

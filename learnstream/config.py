@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     # state bounds (issue 5)
     state_ttl: timedelta = timedelta(days=180)
     # engine
-    batch_size: int = Field(default=100_000, gt=0, description="records per micro-batch")
-    shards: int = Field(default=32, gt=0, description="shard keys users are hashed onto")
+    batch_size: int = Field(default=200_000, gt=0, description="records per micro-batch")
+    shards: int = Field(default=8, gt=0, description="shard keys users are hashed onto")
     snapshot_interval: timedelta = timedelta(seconds=10)
 
     @field_validator(
@@ -142,4 +142,4 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(str(exc)) from exc
 
 
-__all__ = ["ConfigDict", "ConfigError", "Settings", "load_settings", "parse_duration"]
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_duration"]

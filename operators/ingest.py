@@ -69,17 +69,22 @@ class Admission:
             return Admitted(events, events, 0, self.watermark_us)
 
         # -- duplicates: against earlier batches, then within this batch (first occurrence wins)
-        frame = events.join(self.seen, on="event_id", how="left").with_columns(
-            first_t=pl.col("t_us").first().over("event_id", order_by="seq"),
-            first_seq=pl.col("seq").min().over("event_id"),
+        frame = events.join(self.seen, on="event_id", how="left", maintain_order="left").with_columns(
+            first_in_batch=pl.col("event_id").is_first_distinct()
         )
+        repeats = frame.filter(~pl.col("first_in_batch"))
+        if len(repeats):
+            firsts = frame.filter(pl.col("first_in_batch")).select("event_id", first_t="t_us")
+            within = repeats.join(firsts, on="event_id").filter(
+                (pl.col("t_us") - pl.col("first_t")).abs() <= self.horizon_us
+            )
+            frame = frame.with_columns(dup_batch=pl.col("seq").is_in(within["seq"].implode()))
+        else:
+            frame = frame.with_columns(dup_batch=pl.lit(False))
         dup_prev = pl.col("seen_t_us").is_not_null() & (
             (pl.col("t_us") - pl.col("seen_t_us")).abs() <= self.horizon_us
         )
-        dup_batch = (pl.col("seq") != pl.col("first_seq")) & (
-            (pl.col("t_us") - pl.col("first_t")).abs() <= self.horizon_us
-        )
-        frame = frame.with_columns(duplicate=dup_prev | dup_batch)
+        frame = frame.with_columns(duplicate=dup_prev | pl.col("dup_batch"))
         duplicates = int(frame["duplicate"].sum())
         valid = frame.filter(~pl.col("duplicate"))
 
@@ -103,14 +108,17 @@ class Admission:
             top = int(batch_max)  # type: ignore[arg-type]
             self.max_event_us = top if self.max_event_us is None else max(self.max_event_us, top)
 
-        # -- remember ids of valid records; evict those past the horizon
-        fresh = valid.select("event_id", pl.col("t_us").alias("seen_t_us"))
-        keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
-        self.seen = (
-            pl.concat([self.seen, fresh])
-            .unique("event_id", keep="last", maintain_order=True)
-            .filter(pl.col("seen_t_us") >= keep_after)
+        # -- remember ids of valid records (a re-used id outside the horizon replaces the old one);
+        #    evict those past the horizon
+        fresh = valid.select("event_id", pl.col("t_us").alias("seen_t_us")).unique(
+            "event_id", keep="last", maintain_order=True
         )
+        reused = valid.filter(pl.col("seen_t_us").is_not_null())["event_id"]
+        keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
+        seen = self.seen
+        if len(reused):
+            seen = seen.filter(~pl.col("event_id").is_in(reused.implode()))
+        self.seen = pl.concat([seen, fresh]).filter(pl.col("seen_t_us") >= keep_after)
         return Admitted(accepted, late, duplicates, self.watermark_us)
 
     def snapshot(self) -> dict[str, object]:

@@ -7,6 +7,8 @@ The functions loop over the *distinct* zones of their input (a handful), never o
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import polars as pl
 
@@ -18,20 +20,27 @@ def day_start_us(days: pl.Series, zones: pl.Series) -> pl.Series:
     """UTC µs of local midnight at the start of each `days[i]` in `zones[i]` (DST-correct).
 
     Where local midnight does not exist (a DST jump at midnight, e.g. America/Santiago), the day
-    starts at the first local instant that exists (midnight shifted forward by the gap).
+    starts at the first local instant that exists (local 01:00). Computed once per distinct
+    (day, zone) pair and joined back.
     """
-    frame = pl.DataFrame({"d": days.cast(pl.Date), "z": zones.cast(pl.String)}).with_row_index("i")
-    out = np.zeros(len(frame), dtype=np.int64)
-    for (zone,), part in frame.group_by("z"):
+    frame = pl.DataFrame({"d": days.cast(pl.Date), "z": zones.cast(pl.String)})
+    pairs = frame.unique()
+    starts = []
+    for (zone,), part in pairs.group_by("z"):
         naive = part["d"].cast(pl.Datetime("us"))
         local = naive.dt.replace_time_zone(str(zone), ambiguous="earliest", non_existent="null")
         # midnight missing (clocks jump 00:00 -> 01:00): the day starts at local 01:00
-        later = (naive + pl.duration(hours=1)).dt.replace_time_zone(
+        later = (naive + timedelta(hours=1)).dt.replace_time_zone(
             str(zone), ambiguous="earliest", non_existent="null"
         )
         start = local.dt.epoch("us").fill_null(later.dt.epoch("us"))
-        out[part["i"].to_numpy()] = start.to_numpy()
-    return pl.Series("day_start_us", out, dtype=pl.Int64)
+        starts.append(part.with_columns(start=start))
+    if not starts:
+        return pl.Series("day_start_us", [], dtype=pl.Int64)
+    table = pl.concat(starts)
+    return frame.join(table, on=["d", "z"], how="left", maintain_order="left")["start"].alias(
+        "day_start_us"
+    )
 
 
 def day_end_us(days: pl.Series, zones: pl.Series) -> pl.Series:

@@ -393,11 +393,15 @@ class UserAnalytics:
         )
 
     # ------------------------------------------------------------------ closing days
-    def advance(self, watermark_us: int | None, *, final: bool, emitted_at_us: int) -> UserOutput:
+    def advance(
+        self, watermark_us: int | None, *, final: bool, emitted_at_us: int, evaluate: bool = True
+    ) -> UserOutput:
         """Close every day the watermark has passed and evaluate state as of the watermark.
 
         `final=True` is the end of a finite input: the watermark is the newest event time and every
-        day up to and including its local day closes (SPEC §4).
+        day up to and including its local day closes (SPEC §4). `evaluate=False` skips the
+        `user_state` / `user_skill_state` evaluation (a finite run only needs the final one; the
+        users whose state changed stay marked and are evaluated at the next evaluating call).
         """
         out = UserOutput()
         if watermark_us is None or self.size == 0:
@@ -415,7 +419,8 @@ class UserAnalytics:
             a.dirty[lagging] = True
         if fired:
             out.alerts = self._day_alerts(fired, emitted_at_us)
-        out.user_state, out.user_skill_state = self._evaluate(watermark_us, final, emitted_at_us)
+        if evaluate or final:
+            out.user_state, out.user_skill_state = self._evaluate(watermark_us, final, emitted_at_us)
         return out
 
     def _close_days(
