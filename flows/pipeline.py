@@ -17,9 +17,9 @@ number of workers, and `cohorts` finalises a date only once every shard has pass
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
     def notify_at(self) -> datetime | None:
         if not self.cfg.live:
             return None
-        return datetime.fromtimestamp((self.last_item_wall_us + self.idle_us) / 1e6, tz=timezone.utc)
+        return datetime.fromtimestamp((self.last_item_wall_us + self.idle_us) / 1e6, tz=UTC)
 
     def on_notify(self) -> tuple[Iterable[Envelope], bool]:
         """Idle for `idle_timeout`: the watermark moves to wall-clock time minus out-of-orderness."""
@@ -313,7 +313,7 @@ class CohortLogic(StatefulLogic[CohortInput, Envelope, dict[str, Any]]):
             # a date is closed in every zone (UTC-12 is the last) once the slowest shard's
             # watermark is past its end there plus the allowed lateness
             slowest = min(self.shard_marks.values()) - self.lateness_us - 12 * US_PER_HOUR
-            through = datetime.fromtimestamp(slowest / 1e6, tz=timezone.utc).date() - timedelta(days=1)
+            through = datetime.fromtimestamp(slowest / 1e6, tz=UTC).date() - timedelta(days=1)
         else:
             through = None
         if through is None:
@@ -401,14 +401,19 @@ def _kind(stream: op.Stream[Envelope], kind: str) -> op.KeyedStream[Any]:
 
 
 def build_flow(
-    source: Source[tuple[str, RawBatch]],
+    source: Source[RawBatch],
     cfg: FlowConfig,
     *,
+    partition_of: Callable[[RawBatch], str] = lambda batch: "files",
     topics_sink: Sink[Any] | None = None,
 ) -> Dataflow:
-    """The whole pipeline as a Bytewax Dataflow, from a source of `(partition, RawBatch)`."""
+    """The whole pipeline as a Bytewax Dataflow from a source of `RawBatch`es.
+
+    `partition_of` names the source partition of a batch: dedup and the watermark are kept per
+    source partition (one for all files of a run; one per Kafka partition).
+    """
     flow = Dataflow("learnstream")
-    raw = op.input("read", flow, source)
+    raw = op.key_on("partition", op.input("read", flow, source), partition_of)
     ingested = op.stateful("ingest", raw, lambda resume: IngestLogic(cfg, resume))
     ingest_out = op.key_rm("ingest_out", op.map("ingest_tag", ingested, _tag_source))
 

@@ -74,7 +74,12 @@ def make_flow(spec: RunSpec) -> Dataflow:
         batch_size=spec.settings.batch_size,
         stop_at_end=kafka.stop_at_end,
     )
-    return build_flow(source, cfg, topics_sink=KafkaTopicsSink(kafka.bootstrap, kafka.config))
+    return build_flow(
+        source,
+        cfg,
+        partition_of=lambda batch: batch.ref_prefix,
+        topics_sink=KafkaTopicsSink(kafka.bootstrap, kafka.config),
+    )
 
 
 def _recovery(spec: RunSpec) -> RecoveryConfig | None:

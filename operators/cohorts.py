@@ -55,6 +55,7 @@ from typing import Any, cast
 
 import orjson
 import polars as pl
+from polars._typing import PolarsDataType
 
 from schemas.tables import ALERTS, COHORT_DAILY, ORG_DAILY, USER_DAILY
 
@@ -76,11 +77,11 @@ _ROW_COLUMNS = (
     "avg_score",
     "time_spent_s",
 )
-_ROW_SCHEMA: dict[str, pl.DataType] = {c: USER_DAILY.schema[c] for c in _ROW_COLUMNS}
-_ALERT_SCHEMA: dict[str, pl.DataType] = {
+_ROW_SCHEMA: dict[str, PolarsDataType] = {c: USER_DAILY.schema[c] for c in _ROW_COLUMNS}
+_ALERT_SCHEMA: dict[str, PolarsDataType] = {
     c: ALERTS.schema[c] for c in ("alert_id", "date", "cohort_id", "org_id")
 }
-_SERIES_SCHEMA: dict[str, pl.DataType] = {
+_SERIES_SCHEMA: dict[str, PolarsDataType] = {
     "cohort_id": pl.String(),
     # last non-null org_id seen for the cohort (the alert's org_id on a day without rows)
     "org_id": pl.String(),
@@ -90,7 +91,7 @@ _SERIES_SCHEMA: dict[str, pl.DataType] = {
     "firing": pl.Boolean(),
 }
 #: the `fired` frame given to `operators.alerts.build_alerts`
-FIRED_SCHEMA: dict[str, pl.DataType] = {
+FIRED_SCHEMA: dict[str, PolarsDataType] = {
     "rule": pl.String(),
     "user_key": pl.String(),
     "cohort_id": pl.String(),
@@ -112,7 +113,7 @@ class CohortOutput:
     cohort_alerts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRED_SCHEMA))
 
 
-def _conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _conform(frame: pl.DataFrame, schema: dict[str, PolarsDataType]) -> pl.DataFrame:
     return frame.select(
         [
             pl.col(n).cast(t) if n in frame.columns else pl.lit(None, dtype=t).alias(n)
@@ -127,7 +128,7 @@ def _to_ipc(frame: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _from_ipc(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _from_ipc(data: bytes, schema: dict[str, PolarsDataType]) -> pl.DataFrame:
     return _conform(pl.read_ipc(io.BytesIO(data)), schema)
 
 

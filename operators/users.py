@@ -34,8 +34,8 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
+from polars._typing import PolarsDataType
 
 from learnstream.config import Settings
 from operators.alerts import build_alerts
@@ -67,7 +67,7 @@ _PER_TYPE = {
     "materials_completed": "material_completed",
 }
 
-_OPEN_DAY_SCHEMA: dict[str, pl.DataType] = {
+_OPEN_DAY_SCHEMA: dict[str, PolarsDataType] = {
     "slot": pl.Int64,
     "date": pl.Date,
     "events": pl.Int64,
@@ -86,7 +86,7 @@ _OPEN_DAY_SCHEMA: dict[str, pl.DataType] = {
     "org_id": pl.String,
     "org_seq": pl.Int64,
 }
-_OPEN_SKILL_SCHEMA: dict[str, pl.DataType] = {
+_OPEN_SKILL_SCHEMA: dict[str, PolarsDataType] = {
     "slot": pl.Int64,
     "date": pl.Date,
     "skill": pl.String,
@@ -95,13 +95,13 @@ _OPEN_SKILL_SCHEMA: dict[str, pl.DataType] = {
     "score_sum": pl.Float64,
     "time_spent_s": pl.Float64,
 }
-_RECENT_SCHEMA: dict[str, pl.DataType] = {
+_RECENT_SCHEMA: dict[str, PolarsDataType] = {
     "slot": pl.Int64,
     "t_us": pl.Int64,
     "time_spent_s": pl.Float64,
     "completion": pl.Int64,
 }
-_SCORED_SCHEMA: dict[str, pl.DataType] = {
+_SCORED_SCHEMA: dict[str, PolarsDataType] = {
     "slot": pl.Int64,
     "skill": pl.String,
     "t_us": pl.Int64,
@@ -413,7 +413,7 @@ class UserAnalytics:
         a = self.a
         target = self._closed_horizon(a.zone[:n], watermark_us, final)
         lagging = np.nonzero(a.last_closed[:n] < target)[0]
-        fired: list[dict[str, Any]] = []
+        fired: list[pl.DataFrame] = []
         if len(lagging):
             out.user_daily, out.user_skill_daily = self._close_days(target, fired, emitted_at_us)
             a.dirty[lagging] = True
@@ -424,7 +424,7 @@ class UserAnalytics:
         return out
 
     def _close_days(
-        self, target: np.ndarray, fired: list[dict[str, Any]], emitted_at_us: int
+        self, target: np.ndarray, fired: list[pl.DataFrame], emitted_at_us: int
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         a = self.a
         n = self.size
@@ -484,12 +484,18 @@ class UserAnalytics:
             c_streak[fpos] = streak[found]
 
             broke = in_series & ~active & (prev_streak >= self.streak_alert_min)
-            for k in np.nonzero(broke)[0]:
-                fired.append(self._fire("streak_broken", idx[k], d[k], {"streak": int(prev_streak[k]), "last_active_day": _iso(d[k] - 1)}))
+            if broke.any():
+                fired.append(
+                    _fired("streak_broken", idx[broke], d[broke], streak=prev_streak[broke],
+                           last_active_day=_dates(d[broke] - 1))
+                )
             for rule, run in (("engagement_drop", 3), ("stagnation", 5)):
-                for k in np.nonzero(in_series & (inactive == run))[0]:
-                    last = int(a.last_active[idx[k]])
-                    fired.append(self._fire(rule, idx[k], d[k], {"inactive_days": run, "last_active_day": _iso(last)}))
+                hit = in_series & (inactive == run)
+                if hit.any():
+                    fired.append(
+                        _fired(rule, idx[hit], d[hit], inactive_days=inactive[hit],
+                               last_active_day=_dates(a.last_active[idx[hit]]))
+                    )
 
             # anomalies over the previous <= 28 days of the series (inactive days count as zero)
             s = idx[in_series]
@@ -552,12 +558,9 @@ class UserAnalytics:
         # slots are appended in slot order, so row i of `self.slots` is slot i
         return self.slots["user_key"].gather(slots).to_list() if len(slots) else []
 
-    def _fire(self, rule: str, slot: int, day: int, evidence: dict[str, Any]) -> dict[str, Any]:
-        return {"rule": rule, "slot": int(slot), "day": int(day), "evidence": evidence}
-
     def _edge(
         self,
-        fired: list[dict[str, Any]],
+        fired: list[pl.DataFrame],
         rule: str,
         slots: np.ndarray,
         days: np.ndarray,
@@ -580,42 +583,30 @@ class UserAnalytics:
         cond = cond & evaluated
         fire = cond & ~off[slots]
         off[slots] = np.where(evaluated, cond, off[slots])
-        for k in np.nonzero(fire)[0]:
-            if rule == "low_consistency":
-                evidence: dict[str, Any] = {
-                    "consistency_7d": float(x[k]),
-                    "active_days_7d": int(round(float(x[k]) * 7)),
-                    "threshold": 0.5,
-                }
-            else:
-                assert mean is not None and sd is not None and hist is not None
-                evidence = {
-                    "metric": metric,
-                    "value": float(x[k]),
-                    "mean": float(mean[k]),
-                    "std": _num(float(sd[k])),
-                    "floor": floor,
-                    "history_days": int(hist[k]),
-                    "z": float(z[k]),
-                }
-            fired.append(self._fire(rule, slots[k], days[k], evidence))
+        if not fire.any():
+            return
+        if rule == "low_consistency":
+            fired.append(
+                _fired(rule, slots[fire], days[fire], consistency_7d=x[fire],
+                       active_days_7d=np.rint(x[fire] * 7).astype(np.int64), threshold=0.5)
+            )
+            return
+        assert mean is not None and sd is not None and hist is not None
+        fired.append(
+            _fired(rule, slots[fire], days[fire], metric=metric, value=x[fire], mean=mean[fire],
+                   std=sd[fire], floor=floor, history_days=hist[fire], z=z[fire])
+        )
 
-    def _day_alerts(self, fired: list[dict[str, Any]], emitted_at_us: int) -> pl.DataFrame:
-        slots = np.array([f["slot"] for f in fired], dtype=np.int64)
-        days = pl.Series([f["day"] for f in fired], dtype=pl.Int32).cast(pl.Date)
-        zones = pl.Series([self.zones[z] for z in self.a.zone[slots]], dtype=pl.String)
-        frame = pl.DataFrame(
-            {
-                "rule": [f["rule"] for f in fired],
-                "user_key": self._keys_of(slots),
-                "cohort_id": self.cohort_id.gather(slots),
-                "org_id": self.org_id.gather(slots),
-                "trigger": [_iso(f["day"]) for f in fired],
-                "date": days,
-                "event_time": day_end_us(days, zones).cast(pl.Datetime("us", "UTC")),
-                "evidence": [orjson.dumps(f["evidence"]).decode() for f in fired],
-            },
-            schema_overrides={"cohort_id": pl.String, "org_id": pl.String},
+    def _day_alerts(self, fired: list[pl.DataFrame], emitted_at_us: int) -> pl.DataFrame:
+        frame = pl.concat(fired)
+        slots = frame["slot"].to_numpy()
+        zones = pl.Series(self.zones, dtype=pl.String).gather(self.a.zone[slots])
+        frame = frame.with_columns(
+            user_key=self.slots["user_key"].gather(slots),
+            cohort_id=self.cohort_id.gather(slots),
+            org_id=self.org_id.gather(slots),
+            trigger=pl.col("date").cast(pl.String),
+            event_time=day_end_us(frame["date"], zones).cast(pl.Datetime("us", "UTC")),
         )
         return build_alerts(frame, emitted_at_us=emitted_at_us)
 
@@ -754,6 +745,33 @@ class UserAnalytics:
         for k, v in arrays.items():
             self.a.data[k][: len(v)] = v
         return self
+
+
+def _dates(days: np.ndarray) -> pl.Series:
+    return pl.Series(days.astype(np.int32)).cast(pl.Date)
+
+
+def _fired(rule: str, slots: np.ndarray, days: np.ndarray, **evidence: Any) -> pl.DataFrame:
+    """Alerts fired by a day rule: one row per slot, evidence as a JSON object (NaN -> null)."""
+    n = len(slots)
+    columns = {}
+    for name, value in evidence.items():
+        if isinstance(value, pl.Series):
+            columns[name] = value.cast(pl.String) if value.dtype == pl.Date else value
+        elif isinstance(value, np.ndarray):
+            series = pl.Series(name, value)
+            columns[name] = series.fill_nan(None) if series.dtype == pl.Float64 else series
+        else:
+            columns[name] = pl.Series(name, [value] * n)
+    evidence_json = pl.DataFrame(columns).select(pl.struct(pl.all()).struct.json_encode())
+    return pl.DataFrame(
+        {
+            "rule": [rule] * n,
+            "slot": slots.astype(np.int64),
+            "date": _dates(days),
+            "evidence": evidence_json.to_series(),
+        }
+    )
 
 
 def _zscores(

@@ -134,22 +134,22 @@ def _non_blank(parts: list[bytes], first_line: int) -> tuple[list[bytes], np.nda
     return [p for p, k in zip(parts, keep, strict=True) if k], numbers[keep]
 
 
-class _FilePartition(StatefulSourcePartition[tuple[str, RawBatch], FilePosition]):
+class _FilePartition(StatefulSourcePartition[RawBatch, FilePosition]):
     def __init__(self, reader: FileReader) -> None:
         self.reader = reader
 
-    def next_batch(self) -> list[tuple[str, RawBatch]]:
+    def next_batch(self) -> list[RawBatch]:
         batch = self.reader.next_batch()
         if batch is None:
             raise StopIteration()
-        return [(PARTITION, batch)]
+        return [batch]
 
     def snapshot(self) -> FilePosition:
         return self.reader.position
 
 
-class FileSource(FixedPartitionedSource[tuple[str, RawBatch], FilePosition]):
-    """One partition over all paths, yielding `(partition_key, RawBatch)` items."""
+class FileSource(FixedPartitionedSource[RawBatch, FilePosition]):
+    """One partition over all paths, yielding `RawBatch` items."""
 
     def __init__(self, paths: Sequence[str | Path], batch_size: int) -> None:
         self.paths = [Path(p) for p in paths]
