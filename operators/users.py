@@ -231,7 +231,9 @@ class UserAnalytics:
         known = distinct.join(self.slots, on="user_key", how="left", maintain_order="left")
         new = known.filter(pl.col("slot").is_null()).select("user_key")
         if len(new):
-            new = new.with_columns(slot=pl.int_range(self.size, self.size + len(new), dtype=pl.Int64))
+            new = new.with_columns(
+                slot=pl.int_range(self.size, self.size + len(new), dtype=pl.Int64)
+            )
             self.slots = pl.concat([self.slots, new])
             self.size += len(new)
             self.a.ensure(self.size)
@@ -308,7 +310,9 @@ class UserAnalytics:
             per_user["t_min"].to_numpy(),
             np.minimum(a.first_seen_us[slots], per_user["t_min"].to_numpy()),
         )
-        a.last_activity_us[slots] = np.maximum(a.last_activity_us[slots], per_user["t_max"].to_numpy())
+        a.last_activity_us[slots] = np.maximum(
+            a.last_activity_us[slots], per_user["t_max"].to_numpy()
+        )
         a.total_completions[slots] += per_user["completions"].to_numpy()
         a.dirty[slots] = True
         with_cohort = per_user.filter(pl.col("cohort_id").is_not_null())
@@ -324,14 +328,19 @@ class UserAnalytics:
             [
                 self.recent,
                 events.select(
-                    "slot", "t_us", dur.alias("time_spent_s"), completion.cast(pl.Int64).alias("completion")
+                    "slot",
+                    "t_us",
+                    dur.alias("time_spent_s"),
+                    completion.cast(pl.Int64).alias("completion"),
                 ),
             ]
         )
         self.scored = pl.concat(
             [
                 self.scored,
-                events.filter(pl.col("score").is_not_null()).select("slot", "skill", "t_us", "score"),
+                events.filter(pl.col("score").is_not_null()).select(
+                    "slot", "skill", "t_us", "score"
+                ),
             ]
         )
         self.skills = pl.concat(
@@ -364,28 +373,56 @@ class UserAnalytics:
             org_id=pl.col("org_id").drop_nulls().last(),
             org_seq=pl.col("seq").filter(pl.col("org_id").is_not_null()).last(),
         )
-        merged = pl.concat([self.open_days, day.select(list(_OPEN_DAY_SCHEMA)).cast(_OPEN_DAY_SCHEMA)])  # type: ignore[arg-type]
-        sums = [c for c in _OPEN_DAY_SCHEMA if c not in ("slot", "date", "min_score", "max_score", "cohort_id", "cohort_seq", "org_id", "org_seq")]
-        self.open_days = merged.group_by("slot", "date", maintain_order=True).agg(
-            *[pl.col(c).sum() for c in sums],
-            min_score=pl.col("min_score").min(),
-            max_score=pl.col("max_score").max(),
-            cohort_id=pl.col("cohort_id").sort_by("cohort_seq", nulls_last=False).drop_nulls().last(),
-            cohort_seq=pl.col("cohort_seq").max(),
-            org_id=pl.col("org_id").sort_by("org_seq", nulls_last=False).drop_nulls().last(),
-            org_seq=pl.col("org_seq").max(),
-        ).select(list(_OPEN_DAY_SCHEMA))
+        typed = day.select(list(_OPEN_DAY_SCHEMA)).cast(dict(_OPEN_DAY_SCHEMA))  # type: ignore[arg-type]
+        merged = pl.concat([self.open_days, typed])
+        sums = [
+            c
+            for c in _OPEN_DAY_SCHEMA
+            if c
+            not in (
+                "slot",
+                "date",
+                "min_score",
+                "max_score",
+                "cohort_id",
+                "cohort_seq",
+                "org_id",
+                "org_seq",
+            )
+        ]
+        self.open_days = (
+            merged.group_by("slot", "date", maintain_order=True)
+            .agg(
+                *[pl.col(c).sum() for c in sums],
+                min_score=pl.col("min_score").min(),
+                max_score=pl.col("max_score").max(),
+                cohort_id=pl.col("cohort_id")
+                .sort_by("cohort_seq", nulls_last=False)
+                .drop_nulls()
+                .last(),
+                cohort_seq=pl.col("cohort_seq").max(),
+                org_id=pl.col("org_id").sort_by("org_seq", nulls_last=False).drop_nulls().last(),
+                org_seq=pl.col("org_seq").max(),
+            )
+            .select(list(_OPEN_DAY_SCHEMA))
+        )
         # score_sum of a day without scores must stay null-free for arithmetic
         self.open_days = self.open_days.with_columns(pl.col("score_sum").fill_null(0.0))
 
-        skill = events.filter(pl.col("skill").is_not_null()).group_by("slot", "date", "skill").agg(
-            completions=pl.col("type").is_in(COMPLETION_TYPES).sum().cast(pl.Int64),
-            scored_events=score.is_not_null().sum().cast(pl.Int64),
-            score_sum=score.fill_null(0.0).sum(),
-            time_spent_s=dur.sum(),
+        skill = (
+            events.filter(pl.col("skill").is_not_null())
+            .group_by("slot", "date", "skill")
+            .agg(
+                completions=pl.col("type").is_in(COMPLETION_TYPES).sum().cast(pl.Int64),
+                scored_events=score.is_not_null().sum().cast(pl.Int64),
+                score_sum=score.fill_null(0.0).sum(),
+                time_spent_s=dur.sum(),
+            )
         )
         merged_skill = pl.concat([self.open_skill_days, skill.select(list(_OPEN_SKILL_SCHEMA))])
-        self.open_skill_days = merged_skill.group_by("slot", "date", "skill", maintain_order=True).agg(
+        self.open_skill_days = merged_skill.group_by(
+            "slot", "date", "skill", maintain_order=True
+        ).agg(
             pl.col("completions").sum(),
             pl.col("scored_events").sum(),
             pl.col("score_sum").sum(),
@@ -413,18 +450,20 @@ class UserAnalytics:
         a = self.a
         target = self._closed_horizon(a.zone[:n], watermark_us, final)
         lagging = np.nonzero(a.last_closed[:n] < target)[0]
-        fired: list[pl.DataFrame] = []
+        fired = _Fired()
         if len(lagging):
             out.user_daily, out.user_skill_daily = self._close_days(target, fired, emitted_at_us)
             a.dirty[lagging] = True
-        if fired:
-            out.alerts = self._day_alerts(fired, emitted_at_us)
+        if fired.rules:
+            out.alerts = self._day_alerts(fired.frame(), emitted_at_us)
         if evaluate or final:
-            out.user_state, out.user_skill_state = self._evaluate(watermark_us, final, emitted_at_us)
+            out.user_state, out.user_skill_state = self._evaluate(
+                watermark_us, final, emitted_at_us
+            )
         return out
 
     def _close_days(
-        self, target: np.ndarray, fired: list[pl.DataFrame], emitted_at_us: int
+        self, target: np.ndarray, fired: _Fired, emitted_at_us: int
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         a = self.a
         n = self.size
@@ -446,7 +485,9 @@ class UserAnalytics:
         c_completions = closing["completions"].to_numpy().astype(np.float64)
         c_time = closing["time_spent_s"].to_numpy()
         c_scored = closing["scored_events"].to_numpy()
-        c_mean = np.where(c_scored > 0, closing["score_sum"].to_numpy() / np.maximum(c_scored, 1), np.nan)
+        c_mean = np.where(
+            c_scored > 0, closing["score_sum"].to_numpy() / np.maximum(c_scored, 1), np.nan
+        )
         c_streak = np.zeros(len(closing), dtype=np.int64)
 
         ages = np.arange(RING)
@@ -485,16 +526,22 @@ class UserAnalytics:
 
             broke = in_series & ~active & (prev_streak >= self.streak_alert_min)
             if broke.any():
-                fired.append(
-                    _fired("streak_broken", idx[broke], d[broke], streak=prev_streak[broke],
-                           last_active_day=_dates(d[broke] - 1))
+                fired.add(
+                    "streak_broken",
+                    idx[broke],
+                    d[broke],
+                    streak=prev_streak[broke],
+                    last_active_day=d[broke] - 1,
                 )
             for rule, run in (("engagement_drop", 3), ("stagnation", 5)):
                 hit = in_series & (inactive == run)
                 if hit.any():
-                    fired.append(
-                        _fired(rule, idx[hit], d[hit], inactive_days=inactive[hit],
-                               last_active_day=_dates(a.last_active[idx[hit]]))
+                    fired.add(
+                        rule,
+                        idx[hit],
+                        d[hit],
+                        inactive_days=inactive[hit],
+                        last_active_day=a.last_active[idx[hit]],
                     )
 
             # anomalies over the previous <= 28 days of the series (inactive days count as zero)
@@ -505,12 +552,42 @@ class UserAnalytics:
                 age = (ds[:, None] - 1 - ages[None, :]) % RING  # age of the value in ring slot p
                 valid = age < hist[:, None]
                 for ring, x, floor, rule, zname, flag, metric in (
-                    (a.ring_completions, comp[in_series], FLOOR_COMPLETIONS, "anomaly_velocity", "z_velocity", "armed_off_vel", "completions"),
-                    (a.ring_time, spent[in_series], FLOOR_TIME_S, "anomaly_engagement", "z_engagement", "armed_off_eng", "time_spent_s"),
+                    (
+                        a.ring_completions,
+                        comp[in_series],
+                        FLOOR_COMPLETIONS,
+                        "anomaly_velocity",
+                        "z_velocity",
+                        "armed_off_vel",
+                        "completions",
+                    ),
+                    (
+                        a.ring_time,
+                        spent[in_series],
+                        FLOOR_TIME_S,
+                        "anomaly_engagement",
+                        "z_engagement",
+                        "armed_off_eng",
+                        "time_spent_s",
+                    ),
                 ):
                     z, m, sd = _zscores(ring[s], valid, hist, x, floor)
                     getattr(a, zname)[s] = z
-                    self._edge(fired, rule, s, ds, z, np.abs(z) >= 3, getattr(a, flag), x, m, sd, hist, floor, metric)
+                    self._edge(
+                        fired,
+                        rule,
+                        s,
+                        ds,
+                        z,
+                        np.abs(z) >= 3,
+                        getattr(a, flag),
+                        x,
+                        m,
+                        sd,
+                        hist,
+                        floor,
+                        metric,
+                    )
                     ring[s, ds % RING] = x
                 # velocity and consistency over the trailing 7 closed days, this one included
                 seven = (age_incl := (ds[:, None] - ages[None, :7]) % RING)
@@ -522,7 +599,21 @@ class UserAnalytics:
                 consistency = (week > 0).sum(axis=1) / 7.0
                 a.consistency_7d[s] = consistency
                 cond = (a.first_active[s].astype(np.int64) <= ds - 6) & (consistency < 0.5)
-                self._edge(fired, "low_consistency", s, ds, np.where(np.isfinite(consistency), 0.0, np.nan), cond, a.armed_off_lc, consistency, None, None, None, None, None)
+                self._edge(
+                    fired,
+                    "low_consistency",
+                    s,
+                    ds,
+                    np.where(np.isfinite(consistency), 0.0, np.nan),
+                    cond,
+                    a.armed_off_lc,
+                    consistency,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
 
                 # performance: over scored days only
                 scored = np.isfinite(mean[in_series])
@@ -536,7 +627,21 @@ class UserAnalytics:
                     z, m, sd = _zscores(a.ring_score[ps], valid_p, hist_p, x, FLOOR_SCORE)
                     a.z_performance[ps] = z
                     a.last_scored_day[ps] = pds
-                    self._edge(fired, "anomaly_performance", ps, pds, z, z <= -3, a.armed_off_perf, x, m, sd, hist_p, FLOOR_SCORE, "avg_score")
+                    self._edge(
+                        fired,
+                        "anomaly_performance",
+                        ps,
+                        pds,
+                        z,
+                        z <= -3,
+                        a.armed_off_perf,
+                        x,
+                        m,
+                        sd,
+                        hist_p,
+                        FLOOR_SCORE,
+                        "avg_score",
+                    )
                     a.ring_score[ps, count % RING] = x
                     a.scored_days[ps] += 1
             a.last_closed[idx] = d.astype(np.int32)
@@ -544,12 +649,16 @@ class UserAnalytics:
         user_daily = closing.with_columns(
             user_key=pl.Series(self._keys_of(c_slot)),
             streak=pl.Series(c_streak),
-            avg_score=pl.when(pl.col("scored_events") > 0).then(pl.col("score_sum") / pl.col("scored_events")),
+            avg_score=pl.when(pl.col("scored_events") > 0).then(
+                pl.col("score_sum") / pl.col("scored_events")
+            ),
             emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
         )
         skill_daily = closing_skill.with_columns(
             user_key=pl.Series(self._keys_of(closing_skill["slot"].to_numpy())),
-            avg_score=pl.when(pl.col("scored_events") > 0).then(pl.col("score_sum") / pl.col("scored_events")),
+            avg_score=pl.when(pl.col("scored_events") > 0).then(
+                pl.col("score_sum") / pl.col("scored_events")
+            ),
             emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
         )
         return USER_DAILY.conform(user_daily), USER_SKILL_DAILY.conform(skill_daily)
@@ -560,7 +669,7 @@ class UserAnalytics:
 
     def _edge(
         self,
-        fired: list[pl.DataFrame],
+        fired: _Fired,
         rule: str,
         slots: np.ndarray,
         days: np.ndarray,
@@ -586,19 +695,30 @@ class UserAnalytics:
         if not fire.any():
             return
         if rule == "low_consistency":
-            fired.append(
-                _fired(rule, slots[fire], days[fire], consistency_7d=x[fire],
-                       active_days_7d=np.rint(x[fire] * 7).astype(np.int64), threshold=0.5)
+            fired.add(
+                rule,
+                slots[fire],
+                days[fire],
+                consistency_7d=x[fire],
+                active_days_7d=np.rint(x[fire] * 7).astype(np.int64),
+                threshold=0.5,
             )
             return
         assert mean is not None and sd is not None and hist is not None
-        fired.append(
-            _fired(rule, slots[fire], days[fire], metric=metric, value=x[fire], mean=mean[fire],
-                   std=sd[fire], floor=floor, history_days=hist[fire], z=z[fire])
+        fired.add(
+            rule,
+            slots[fire],
+            days[fire],
+            metric=metric,
+            value=x[fire],
+            mean=mean[fire],
+            std=sd[fire],
+            floor=floor,
+            history_days=hist[fire],
+            z=z[fire],
         )
 
-    def _day_alerts(self, fired: list[pl.DataFrame], emitted_at_us: int) -> pl.DataFrame:
-        frame = pl.concat(fired)
+    def _day_alerts(self, frame: pl.DataFrame, emitted_at_us: int) -> pl.DataFrame:
         slots = frame["slot"].to_numpy()
         zones = pl.Series(self.zones, dtype=pl.String).gather(self.a.zone[slots])
         frame = frame.with_columns(
@@ -611,7 +731,9 @@ class UserAnalytics:
         return build_alerts(frame, emitted_at_us=emitted_at_us)
 
     # ------------------------------------------------------------------ state as of the watermark
-    def _evaluate(self, as_of_us: int, final: bool, emitted_at_us: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def _evaluate(
+        self, as_of_us: int, final: bool, emitted_at_us: int
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
         a = self.a
         n = self.size
         chosen = np.arange(n) if final else np.nonzero(a.dirty[:n])[0]
@@ -632,7 +754,12 @@ class UserAnalytics:
         if len(open_active):
             runs = (
                 open_active.sort("slot", "d")
-                .with_columns(run=(pl.col("d").diff().over("slot") != 1).fill_null(True).cum_sum().over("slot"))
+                .with_columns(
+                    run=(pl.col("d").diff().over("slot") != 1)
+                    .fill_null(True)
+                    .cum_sum()
+                    .over("slot")
+                )
                 .group_by("slot", "run")
                 .agg(start=pl.col("d").min(), end=pl.col("d").max(), length=pl.len())
                 .to_numpy()
@@ -646,22 +773,45 @@ class UserAnalytics:
         ever = latest != _NO_DAY
         delta = np.where(ever, today - latest, 10**6)
         current = np.where(ever & (delta <= 1), at_latest, 0)
-        momentum = np.select([delta <= 0, delta == 1, delta <= 3], ["high", "medium", "low"], "stalled")
+        momentum = np.select(
+            [delta <= 0, delta == 1, delta <= 3], ["high", "medium", "low"], "stalled"
+        )
 
         users = pl.DataFrame({"slot": chosen.astype(np.int64)})
-        window = self.recent.filter(pl.col("t_us") > as_of_us - 7 * US_PER_DAY, pl.col("t_us") <= as_of_us)
+        window = self.recent.filter(
+            pl.col("t_us") > as_of_us - 7 * US_PER_DAY, pl.col("t_us") <= as_of_us
+        )
         engagement = window.group_by("slot").agg(
             spent=pl.col("time_spent_s").sum(), done=pl.col("completion").sum()
         )
-        trend = trend_stats(self.scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"])
-        profile = skill_profile(
-            self.scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
-            as_of_us=as_of_us,
-            window_us=30 * US_PER_DAY,
-        ).join(self.slots, on="user_key").drop("user_key")
+        trend = trend_stats(
+            self.scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"]
+        )
+        profile = (
+            skill_profile(
+                self.scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
+                as_of_us=as_of_us,
+                window_us=30 * US_PER_DAY,
+            )
+            .join(self.slots, on="user_key")
+            .drop("user_key")
+        )
         keys = self.slots["user_key"]
-        struggling = struggling_now(self.rules, as_of_us).join(self.slots, on="user_key").select("slot", "struggling")
-        nan_to_null = {c: pl.col(c).fill_nan(None) for c in ("velocity_7d", "consistency_7d", "anomaly_velocity", "anomaly_engagement", "anomaly_performance")}
+        struggling = (
+            struggling_now(self.rules, as_of_us)
+            .join(self.slots, on="user_key")
+            .select("slot", "struggling")
+        )
+        nan_to_null = {
+            c: pl.col(c).fill_nan(None)
+            for c in (
+                "velocity_7d",
+                "consistency_7d",
+                "anomaly_velocity",
+                "anomaly_engagement",
+                "anomaly_performance",
+            )
+        }
         last_closed = a.last_closed[chosen]
         z_perf = np.where(a.last_scored_day[chosen] != _NO_DAY, a.z_performance[chosen], np.nan)
         in_series = a.first_active[chosen] != _NO_DAY
@@ -671,15 +821,21 @@ class UserAnalytics:
                 cohort_id=self.cohort_id.gather(chosen),
                 org_id=self.org_id.gather(chosen),
                 first_seen_at=pl.Series(a.first_seen_us[chosen]).cast(pl.Datetime("us", "UTC")),
-                last_activity_at=pl.Series(a.last_activity_us[chosen]).cast(pl.Datetime("us", "UTC")),
+                last_activity_at=pl.Series(a.last_activity_us[chosen]).cast(
+                    pl.Datetime("us", "UTC")
+                ),
                 days_active=pl.Series(days_active[chosen]),
                 current_streak=pl.Series(current[chosen]),
                 longest_streak=pl.Series(longest[chosen]),
                 momentum=pl.Series(momentum[chosen]),
                 velocity_7d=pl.Series(np.where(in_series, a.velocity_7d[chosen], 0.0)),
                 consistency_7d=pl.Series(np.where(in_series, a.consistency_7d[chosen], 0.0)),
-                anomaly_velocity=pl.Series(np.where(last_closed >= a.first_active[chosen], a.z_velocity[chosen], np.nan)),
-                anomaly_engagement=pl.Series(np.where(last_closed >= a.first_active[chosen], a.z_engagement[chosen], np.nan)),
+                anomaly_velocity=pl.Series(
+                    np.where(last_closed >= a.first_active[chosen], a.z_velocity[chosen], np.nan)
+                ),
+                anomaly_engagement=pl.Series(
+                    np.where(last_closed >= a.first_active[chosen], a.z_engagement[chosen], np.nan)
+                ),
                 anomaly_performance=pl.Series(z_perf),
                 total_completions=pl.Series(a.total_completions[chosen]),
             )
@@ -690,8 +846,12 @@ class UserAnalytics:
             .join(struggling, on="slot", how="left")
             .with_columns(
                 as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
-                engagement_7d=0.5 * pl.min_horizontal(pl.col("spent").fill_null(0.0) / (7 * 1800), pl.lit(1.0))
-                + 0.5 * pl.min_horizontal(pl.col("done").fill_null(0).cast(pl.Float64) / (7 * 3), pl.lit(1.0)),
+                engagement_7d=0.5
+                * pl.min_horizontal(pl.col("spent").fill_null(0.0) / (7 * 1800), pl.lit(1.0))
+                + 0.5
+                * pl.min_horizontal(
+                    pl.col("done").fill_null(0).cast(pl.Float64) / (7 * 3), pl.lit(1.0)
+                ),
                 trend_direction=pl.col("trend_direction").fill_null("insufficient_data"),
                 trend_confidence=pl.col("trend_confidence").fill_null(0.0),
                 strengths=pl.col("strengths").fill_null(pl.lit([], dtype=pl.List(pl.String))),
@@ -709,18 +869,15 @@ class UserAnalytics:
             window_us=self.trend_window_us,
             by=["slot", "skill"],
         )
-        skill_state = (
-            pairs.join(skill_trend, on=["slot", "skill"], how="left")
-            .with_columns(
-                user_key=keys.gather(pairs["slot"]),
-                as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
-                scored_events_30d=pl.col("scored_events").fill_null(0),
-                avg_score_30d=pl.col("avg_score"),
-                trend_direction=pl.col("trend_direction").fill_null("insufficient_data"),
-                trend_confidence=pl.col("trend_confidence").fill_null(0.0),
-                date=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")).dt.date(),
-                emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
-            )
+        skill_state = pairs.join(skill_trend, on=["slot", "skill"], how="left").with_columns(
+            user_key=keys.gather(pairs["slot"]),
+            as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
+            scored_events_30d=pl.col("scored_events").fill_null(0),
+            avg_score_30d=pl.col("avg_score"),
+            trend_direction=pl.col("trend_direction").fill_null("insufficient_data"),
+            trend_confidence=pl.col("trend_confidence").fill_null(0.0),
+            date=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")).dt.date(),
+            emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
         )
         return user_state, USER_SKILL_STATE.conform(skill_state)
 
@@ -747,31 +904,38 @@ class UserAnalytics:
         return self
 
 
-def _dates(days: np.ndarray) -> pl.Series:
-    return pl.Series(days.astype(np.int32)).cast(pl.Date)
+class _Fired:
+    """Alerts fired by the day rules during one `advance`, gathered as arrays per rule."""
 
+    def __init__(self) -> None:
+        self.rules: dict[str, list[dict[str, Any]]] = {}
 
-def _fired(rule: str, slots: np.ndarray, days: np.ndarray, **evidence: Any) -> pl.DataFrame:
-    """Alerts fired by a day rule: one row per slot, evidence as a JSON object (NaN -> null)."""
-    n = len(slots)
-    columns = {}
-    for name, value in evidence.items():
-        if isinstance(value, pl.Series):
-            columns[name] = value.cast(pl.String) if value.dtype == pl.Date else value
-        elif isinstance(value, np.ndarray):
-            series = pl.Series(name, value)
-            columns[name] = series.fill_nan(None) if series.dtype == pl.Float64 else series
-        else:
-            columns[name] = pl.Series(name, [value] * n)
-    evidence_json = pl.DataFrame(columns).select(pl.struct(pl.all()).struct.json_encode())
-    return pl.DataFrame(
-        {
-            "rule": [rule] * n,
-            "slot": slots.astype(np.int64),
-            "date": _dates(days),
-            "evidence": evidence_json.to_series(),
-        }
-    )
+    def add(self, rule: str, slots: np.ndarray, days: np.ndarray, **evidence: Any) -> None:
+        n = len(slots)
+        columns = {"slot": slots.astype(np.int64), "day": days.astype(np.int32)}
+        for name, value in evidence.items():
+            columns[name] = value if isinstance(value, np.ndarray) else np.full(n, value)
+        self.rules.setdefault(rule, []).append(columns)
+
+    def frame(self) -> pl.DataFrame:
+        """rule, slot, date, evidence (a JSON object; NaN -> null; `*_day` fields as ISO dates)."""
+        frames = []
+        for rule, parts in self.rules.items():
+            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            table = pl.DataFrame(merged).with_columns(
+                pl.col(pl.Float64).fill_nan(None),
+                pl.col("^.*_day$").cast(pl.Int32).cast(pl.Date).cast(pl.String),
+            )
+            evidence = [c for c in table.columns if c not in ("slot", "day")]
+            frames.append(
+                table.select(
+                    rule=pl.lit(rule),
+                    slot="slot",
+                    date=pl.col("day").cast(pl.Date),
+                    evidence=pl.struct(evidence).struct.json_encode(),
+                )
+            )
+        return pl.concat(frames)
 
 
 def _zscores(
