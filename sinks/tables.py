@@ -415,18 +415,16 @@ class TableStore:
             stats.rows[name] = new[name].height
 
         started = time.perf_counter()
-        duck: dict[str, pl.DataFrame] = {}
         for name, frame in new.items():
             t = self.tables[name]
             if t.mode == "snapshot":
-                duck[name] = self._commit_snapshot(t, frame, stats)
+                self._commit_snapshot(t, frame, stats)
             else:
                 self._commit_append(t, frame, stats)
-                duck[name] = frame
         stats.parquet_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        self._duckdb_upsert(duck)
+        self._duckdb_upsert(new)
         stats.duckdb_s = time.perf_counter() - started
         self._buffer.clear()
         return stats
@@ -511,14 +509,13 @@ class TableStore:
             self._state[t.name] = self.read(t.name).unique(subset=list(t.key), keep="last")
         return self._state[t.name]
 
-    def _commit_snapshot(self, t: Table, new: pl.DataFrame, stats: CommitStats) -> pl.DataFrame:
+    def _commit_snapshot(self, t: Table, new: pl.DataFrame, stats: CommitStats) -> None:
         key = list(t.key)
         state = self._snapshot_state(t)
         merged = pl.concat([state.join(new.select(key), on=key, how="anti"), new], how="vertical")
         merged = merged.sort(key)
         self._apply_units([_Unit(t, t.name, merged, partitioned=t.partition is not None)], stats)
         self._state[t.name] = merged
-        return merged
 
     # -- directory swaps ----------------------------------------------------------------------
 
@@ -602,12 +599,13 @@ class TableStore:
         self._duck_checked.add(t.name)
 
     def _duckdb_upsert(self, frames: Mapping[str, pl.DataFrame]) -> None:
-        """Upsert all frames in ONE transaction; snapshot tables are replaced whole.
+        """Upsert the committed rows of all tables in ONE transaction.
 
-        Snapshot tables get DROP + CREATE + INSERT of the full in-memory state rather than an upsert
-        of the changed rows: with DuckDB 2.0.1 an INSERT OR REPLACE (or DELETE + INSERT) that
-        replaces many existing rows of a table with a VARCHAR[] column and a PRIMARY KEY is
-        pathologically slow (measured: 64 s for 1M rows, against 0.9 s for the full rewrite).
+        Append tables: INSERT OR REPLACE. Snapshot tables: when at most 1/50 of the table changed,
+        DELETE the changed keys + INSERT them; otherwise DROP + CREATE + INSERT the whole in-memory
+        state. Reason: with DuckDB 2.0.1, replacing many existing rows of a table that has a
+        VARCHAR[] column and a PRIMARY KEY is pathologically slow (measured on 2 vCPUs, 1M-row
+        user_state: 10k changed rows 0.4 s, 100k 3.4 s, all 1M 64 s; full rewrite about 2 s).
         """
         if not frames:
             return
@@ -615,20 +613,34 @@ class TableStore:
         try:
             con.execute("BEGIN TRANSACTION")
             try:
+                existing = {
+                    r[0]
+                    for r in con.execute(
+                        "SELECT table_name FROM duckdb_tables() "
+                        "WHERE database_name = current_database() AND schema_name = 'main'"
+                    ).fetchall()
+                }
                 for name, frame in frames.items():
                     t = self.tables[name]
-                    view = f"__staged_{name}"
                     cols = ", ".join(_q(c) for c in t.columns)
-                    # zero-copy: newest compat level keeps polars' string views as Arrow views
-                    con.register(view, frame.to_arrow(compat_level=pl.CompatLevel.newest()))
-                    if t.mode == "snapshot":
-                        con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
-                        con.execute(create_table_sql(t))
-                        verb = "INSERT INTO"
-                    else:
+                    view = f"__staged_{name}"
+                    rows, verb, incremental = frame, "INSERT INTO", False
+                    if t.mode != "snapshot":
                         con.execute(create_table_sql(t, if_not_exists=True))
                         self._check_duck_columns(con, t)
                         verb = "INSERT OR REPLACE INTO"
+                    elif name in existing and frame.height * 50 <= self._state[name].height:
+                        self._check_duck_columns(con, t)
+                        incremental = True
+                    else:
+                        rows = self._state[name]
+                        con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
+                        con.execute(create_table_sql(t))
+                    # zero-copy: the newest compat level keeps polars' string views as Arrow views
+                    con.register(view, rows.to_arrow(compat_level=pl.CompatLevel.newest()))
+                    if incremental:
+                        match = " AND ".join(f"{_q(name)}.{_q(k)} = s.{_q(k)}" for k in t.key)
+                        con.execute(f"DELETE FROM {_q(name)} USING {_q(view)} AS s WHERE {match}")
                     con.execute(f"{verb} {_q(name)} ({cols}) SELECT {cols} FROM {_q(view)}")
                     con.unregister(view)
                 con.execute("COMMIT")
@@ -714,7 +726,10 @@ class TableStore:
             lf = self._scan(t)
             p = t.partition
             if lf is not None:
-                hits = t.conform(lf.filter(predicate).collect())
+                cols = list(dict.fromkeys([*key, *([p] if p else [])]))
+                hits = (
+                    lf.filter(predicate).select(cols).collect().cast({c: t.schema[c] for c in cols})
+                )
                 if hits.height:
                     removed.append(hits.select(key))
                     groups = hits.partition_by(p, as_dict=True) if p else {(None,): hits}
