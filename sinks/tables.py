@@ -599,7 +599,7 @@ class TableStore:
         self._duck_checked.add(t.name)
 
     def _duckdb_upsert(self, frames: Mapping[str, pl.DataFrame]) -> None:
-        """Upsert the committed rows of all tables in ONE transaction.
+        """Upsert the committed rows of all tables in ONE transaction (creating missing tables).
 
         Append tables: INSERT OR REPLACE. Snapshot tables: when at most 1/50 of the table changed,
         DELETE the changed keys + INSERT them; otherwise DROP + CREATE + INSERT the whole in-memory
@@ -620,6 +620,9 @@ class TableStore:
                         "WHERE database_name = current_database() AND schema_name = 'main'"
                     ).fetchall()
                 }
+                for name, t in self.tables.items():  # every table exists, even when empty
+                    if name not in existing and name not in frames:
+                        con.execute(create_table_sql(t))
                 for name, frame in frames.items():
                     t = self.tables[name]
                     cols = ", ".join(_q(c) for c in t.columns)

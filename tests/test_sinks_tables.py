@@ -196,6 +196,9 @@ def test_hive_partitions_read_back_with_types_in_duckdb_and_polars(store: TableS
     assert db_types["date"] == "DATE" and db_types["recommendations"] == "VARCHAR[]"
     assert db_types["event_time"] == "TIMESTAMP WITH TIME ZONE"
     assert duck(out, "SELECT avg_score IS NULL, events FROM user_daily") == [(True, 4)]
+    # every table exists in the database from the first commit on, empty ones too
+    assert {r[0] for r in duck(out, "SELECT table_name FROM duckdb_tables()")} == set(TABLES)
+    assert duck(out, "SELECT count(*) FROM late_events") == [(0,)]
     pk = duck(
         out,
         "SELECT constraint_column_names FROM duckdb_constraints() "
