@@ -11,11 +11,12 @@ How (so that no Python code runs per event on clean input):
 2. Fast path: the lines that can safely go to the Arrow JSON reader are joined with newlines and
    parsed at once by `pyarrow.json.read_json` with an explicit schema (unexpected fields ignored).
    That reader is strict about JSON types (a number where a string is declared is an error, not a
-   coercion), which is what makes it usable here. When a chunk fails (a bad line), the parser's
-   "in row N" hint moves that line to the slow path and the rest is parsed again; without a hint
-   the chunk is bisected. Lines are kept out of the fast path up front when the Arrow reader
-   would accept what strict JSON rejects: `NaN`/`Inf` literals, more than 1024 brackets
-   (orjson's depth limit), leading whitespace, embedded CR/LF.
+   coercion), which is what makes it usable here. When a read fails (a bad line), the parser's
+   "in row N" hint moves that line to the slow path and the rest is read again (zero-copy);
+   without a hint the range is bisected; after a budget of failures the rest goes slow. Lines
+   are kept out of the fast path up front when the Arrow reader would not read them exactly as
+   strict JSON does: `NaN`/`Inf` literals, more than 1024 brackets (orjson's depth limit),
+   two objects on one line, CR/LF inside a record, anything not starting with `{`.
 3. Slow path: the remaining lines are parsed one by one with `orjson.loads`, and each allow-listed
    field is put into the same typed columns, plus a column with the JSON text of values of the
    wrong JSON type.
@@ -38,8 +39,9 @@ Choices where SPEC is silent (sharp edges):
 - JSON `null` is the same as absent. An empty string is invalid, not absent.
 - `skill_area` is read only when `skill` is absent or null; when it is used and bad the reason
   is still `invalid_field:skill` (the detail names `skill_area`).
-- Timestamps: `YYYY-MM-DD[Tt ]HH:MM:SS[.fraction](Z|z|±HH:MM)`, year 0001–9999, offset up to
-  ±23:59 (`-00:00` is UTC). Leap seconds (`:60`) are rejected as `invalid_field:timestamp`:
+- Timestamps: `YYYY-MM-DD[Tt ]HH:MM:SS[.fraction](Z|z|±HH:MM)`, offset up to ±23:59
+  (`-00:00` is UTC), instant in [0001-01-02, 9999-12-31) UTC so that every local date is a
+  valid date downstream (Python's range). Leap seconds (`:60`) are rejected as `invalid_field:timestamp`:
   Python, polars and the output tables cannot hold them. Fractions beyond microseconds are
   truncated (toward the earlier instant).
 - `xp` must be an integer in [0, 2^53 - 1]: larger integers are not exactly representable by
@@ -131,6 +133,9 @@ _RAW_FIELDS = _RAW_STRING_FIELDS + _RAW_NUMBER_FIELDS
 _BAD = "__bad"  # suffix of the column holding the JSON text of a value of the wrong JSON type
 
 _MAX_XP = 2**53 - 1
+# accepted event times: [0001-01-02, 9999-12-31) UTC, so every local date is a valid Python date
+_MIN_T_US = -62_135_510_400_000_000
+_MAX_T_US = 253_402_214_400_000_000
 _ECHO_CHARS = 80
 _MAX_BRACKETS = 1024  # orjson refuses nesting deeper than 1024
 _CHUNK_BYTES = 64 << 20  # the Arrow reader parses each chunk as one block (row hints are exact)
@@ -240,25 +245,20 @@ def _decode(
         parts.append(_orjson_parse(text.gather(slow).to_list(), slow))
     pre_idx = np.flatnonzero(~parseable)
     if pre_idx.size:
-        over = pl.Series(oversized[pre_idx])
-        size_text = sizes.gather(pre_idx).cast(pl.String)
+        over = pl.col("over")
+        limit = settings.max_event_bytes
         parts.append(
             pl.DataFrame(
-                {
-                    "idx": pl.Series(pre_idx, dtype=pl.Int64),
-                    "pre_reason": pl.Series(
-                        np.where(over.to_numpy(), "oversized", "invalid_utf8"), dtype=pl.String
-                    ),
-                    "pre_detail": pl.select(
-                        pl.when(pl.lit(over))
-                        .then(
-                            pl.lit("record is ")
-                            + pl.lit(size_text)
-                            + pl.lit(f" bytes, over max_event_bytes={settings.max_event_bytes}")
-                        )
-                        .otherwise(pl.lit("record is not valid UTF-8 (payload kept as base64)"))
-                    ).to_series(),
-                }
+                {"idx": pre_idx, "over": oversized[pre_idx], "size": sizes.gather(pre_idx)},
+                schema={"idx": pl.Int64, "over": pl.Boolean, "size": pl.Int64},
+            ).select(
+                "idx",
+                pre_reason=pl.when(over)
+                .then(pl.lit("oversized"))
+                .otherwise(pl.lit("invalid_utf8")),
+                pre_detail=pl.when(over)
+                .then(pl.format(f"record is {{}} bytes, over max_event_bytes={limit}", "size"))
+                .otherwise(pl.lit("record is not valid UTF-8 (payload kept as base64)")),
             )
         )
     frame = _assemble(parts, n)
@@ -282,7 +282,7 @@ def _utf8_text(binary: pl.Series, lines: list[bytes]) -> pl.Series:
     """
     try:
         return binary.cast(pl.String).rename("text")
-    except pl.exceptions.ComputeError:
+    except pl.exceptions.PolarsError:
         pass
     decoded: list[str | None] = []
     for line in lines:
@@ -533,9 +533,9 @@ def _number_text(expr: pl.Expr) -> pl.Expr:
 
 
 @cache
-def _prepare_exprs() -> tuple[list[pl.Expr], list[pl.Expr], list[pl.Expr]]:
-    """Three `with_columns` stages: fold `skill_area` into `skill` and cut the timestamp, then
-    check and convert it (RFC 3339, vectorised).
+def _prepare_exprs() -> tuple[list[pl.Expr], ...]:
+    """`with_columns` stages: fold `skill_area` into `skill` and cut the timestamp, then check
+    and convert it (RFC 3339, vectorised).
 
     One anchored regex checks the timestamp's shape; the parts are then cut at fixed positions
     (the shape guarantees them), which is several times cheaper than capture groups. Built once:
@@ -626,15 +626,19 @@ def _prepare_exprs() -> tuple[list[pl.Expr], list[pl.Expr], list[pl.Expr]]:
         + pl.col("_s")
         - pl.col("_sign") * (pl.col("_oh") * 3600 + pl.col("_om") * 60)
     )
-    ok = pl.col("_ts_ok")
+    raw_us = seconds * 1_000_000 + pl.col("_f")
     third = [
-        (ok & ~pl.col("_has_offset")).alias("_ts_naive"),
-        pl.when(ok & pl.col("_has_offset"))
-        .then(seconds * 1_000_000 + pl.col("_f"))
-        .otherwise(None)
-        .alias("t_us"),
+        (pl.col("_ts_ok") & raw_us.is_between(_MIN_T_US, _MAX_T_US, closed="left"))
+        .fill_null(False)
+        .alias("_ts_ok"),
+        raw_us.alias("_t_raw"),
     ]
-    return first, second, third
+    ok = pl.col("_ts_ok")
+    fourth = [
+        (ok & ~pl.col("_has_offset")).alias("_ts_naive"),
+        pl.when(ok & pl.col("_has_offset")).then(pl.col("_t_raw")).otherwise(None).alias("t_us"),
+    ]
+    return first, second, third, fourth
 
 
 _Check = tuple[pl.Expr, str, pl.Expr]  # (fails, reason, detail) with fails never null
@@ -704,7 +708,10 @@ def _field_checks() -> tuple[_Check, ...]:
     add(
         ts.is_not_null() & ~pl.col("_ts_ok"),
         "invalid_field:timestamp",
-        pl.lit("timestamp is not a valid RFC 3339 date-time (e.g. 2026-03-01T09:30:00Z): ")
+        pl.lit(
+            "timestamp is not a valid RFC 3339 date-time between years 0001 and 9999 "
+            "(e.g. 2026-03-01T09:30:00Z): "
+        )
         + _echo(ts),
     )
     add(
@@ -755,16 +762,11 @@ def _validate(
         + ((pl.col("t_us") - now_us) / 1_000_000).round(3).cast(pl.String)
         + pl.lit(f" s after processing time (max_clock_skew={skew_s:g} s)"),
     )
-    first, second, third = _prepare_exprs()
     reason = pl.coalesce([_field_reason(), pl.when(future[0]).then(pl.lit(future[1]))])
-    checked = (
-        frame.lazy()
-        .with_columns(first)
-        .with_columns(second)
-        .with_columns(third)
-        .with_columns(reason.alias("reason"))
-        .collect()
-    )
+    lazy = frame.lazy()
+    for stage in _prepare_exprs():
+        lazy = lazy.with_columns(stage)
+    checked = lazy.with_columns(reason.alias("reason")).collect()
     is_rejected = checked.get_column("reason").is_not_null()
     accepted = checked.filter(~is_rejected)
     rejected = checked.filter(is_rejected)

@@ -260,12 +260,14 @@ def test_default_timezone_setting_decides_the_day() -> None:
         ("2024-02-29T23:59:59.999999+23:59", "2024-02-29T00:00:59.999999+00:00"),
         ("1970-01-01T00:00:00Z", "1970-01-01T00:00:00+00:00"),
         ("1969-12-31T23:59:59.5Z", "1969-12-31T23:59:59.500000+00:00"),
-        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00+00:00"),
+        # the supported range: [0001-01-02, 9999-12-31) UTC, local dates stay valid dates
+        ("0001-01-02T00:00:00Z", "0001-01-02T00:00:00+00:00"),
+        ("9999-12-31T04:59:59.999999+05:00", "9999-12-30T23:59:59.999999+00:00"),
         ("2000-02-29T00:00:00Z", "2000-02-29T00:00:00+00:00"),
     ],
 )
 def test_timestamp_formats(text: str, iso: str) -> None:
-    result = decode([ev(timestamp=text)])
+    result = decode([ev(timestamp=text, timezone="Pacific/Kiritimati")], now_us=2**62)
     assert result.rejected.height == 0, result.rejected["detail"].to_list()
     assert result.events["t_us"][0] == us(iso)
 
@@ -293,6 +295,9 @@ def test_timestamp_formats(text: str, iso: str) -> None:
         "2026-03-10T12:00Z",
         "2026-03-10",
         "0000-01-01T00:00:00Z",
+        "0001-01-01T23:59:59.999999Z",  # before the supported range
+        "0001-01-02T00:00:00+00:01",
+        "9999-12-31T00:00:00Z",
         "26-03-10T12:00:00Z",
         "2026-3-10T12:00:00Z",
         "2026-03-10T12:00:00Z ",
