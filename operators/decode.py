@@ -71,7 +71,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from learnstream.config import Settings
+from learnstream.config import ConfigError, Settings
 from operators.pseudonymize import Pseudonymizer
 from schemas.events import EVENT_BATCH_SCHEMA, EVENT_TYPES, REJECTED_BATCH_SCHEMA
 
@@ -197,7 +197,8 @@ def decode_batch(
     """Decode and validate one batch; `seq = seq_start + index of the line in the batch`.
 
     `now_us` is the processing time used for `timestamp_in_future`. Never raises on bad input:
-    `len(events) + len(rejected) == len(raw.lines)`.
+    `len(events) + len(rejected) == len(raw.lines)`. Raises `ConfigError` when
+    `settings.default_timezone` is not in `known_timezones()` (e.g. `localtime`).
     """
     return _decode(raw, settings, pseudonymizer, now_us=now_us, seq_start=seq_start, fast=True)
 
@@ -216,6 +217,11 @@ def _decode(
     n = len(lines)
     if len(raw.positions) != n:
         raise ValueError(f"RawBatch has {n} lines but {len(raw.positions)} positions")
+    if settings.default_timezone not in known_timezones():
+        raise ConfigError(
+            f"default_timezone={settings.default_timezone!r} is not a convertible IANA zone "
+            "name (e.g. UTC, Europe/Berlin)"
+        )
     if n == 0:
         return DecodeResult(
             events=pl.DataFrame(schema=EVENT_BATCH_SCHEMA),

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import operators.decode as decode_module
-from learnstream.config import Settings
+from learnstream.config import ConfigError, Settings
 from operators.decode import DecodeResult, RawBatch, _decode, decode_batch, known_timezones
 from operators.pseudonymize import Pseudonymizer
 from schemas.events import EVENT_BATCH_SCHEMA, EVENT_TYPES, REJECTED_BATCH_SCHEMA
@@ -235,6 +235,15 @@ def test_dst_local_dates_and_offsets() -> None:
     assert rows["kr2"]["t_us"] == us("2026-03-01T15:30:00+00:00")
     assert rows["kr2"]["timezone"] == "UTC" and rows["kr2"]["date"] == date(2026, 3, 1)
     assert rows["kr3"]["date"] == date(2026, 3, 2)
+
+
+def test_unusable_default_timezone_is_a_config_error() -> None:
+    # e.g. "localtime": ZoneInfo (so Settings) may accept it, polars cannot convert to it;
+    # model_copy skips validation, so the guard is tested on every platform
+    config = SETTINGS.model_copy(update={"default_timezone": "Mars/Base"})
+    raw = RawBatch([to_bytes(ev())], "file:/f:", np.arange(1, 2), NOW_US)
+    with pytest.raises(ConfigError, match="Mars/Base"):
+        decode_batch(raw, config, Pseudonymizer(SECRET), now_us=NOW_US, seq_start=0)
 
 
 def test_default_timezone_setting_decides_the_day() -> None:
