@@ -201,6 +201,9 @@ class UserAnalytics:
         self.lateness_us = _us(settings.allowed_lateness)
         self.trend_window_us = _us(settings.trend_window)
         self.streak_alert_min = settings.streak_alert_min
+        self.state_ttl_us = _us(settings.state_ttl)
+        #: users forgotten after `state_ttl` without activity (their last user_state row stays)
+        self.evicted = 0
         self.size = 0
         self.a = _Arrays()
         self.slots = pl.DataFrame(schema={"user_key": pl.String, "slot": pl.Int64})
@@ -456,11 +459,51 @@ class UserAnalytics:
             a.dirty[lagging] = True
         if fired.rules:
             out.alerts = self._day_alerts(fired.frame(), emitted_at_us)
+        # users idle for state_ttl: write their final user_state row, then forget them
+        idle = a.last_activity_us[:n] < watermark_us - self.state_ttl_us
+        if idle.any():
+            a.dirty[:n] |= idle
+            evaluate = True
         if evaluate or final:
             out.user_state, out.user_skill_state = self._evaluate(
                 watermark_us, final, emitted_at_us
             )
+        if idle.any():
+            self.evicted += int(idle.sum())
+            self._evict(idle)
         return out
+
+    def _evict(self, gone: np.ndarray) -> None:
+        """Drop the users marked in `gone` from every piece of state and renumber the slots."""
+        n = self.size
+        keep = ~gone
+        mapping = np.cumsum(keep) - 1  # old slot -> new slot (where kept)
+        remap = pl.Series(mapping.astype(np.int64))
+        kept_slots = pl.Series(np.nonzero(keep)[0].astype(np.int64))
+
+        def renumber(frame: pl.DataFrame) -> pl.DataFrame:
+            alive = frame.filter(pl.col("slot").is_in(kept_slots.implode()))
+            return alive.with_columns(slot=remap.gather(alive["slot"]))
+
+        gone_keys = self.slots["user_key"].filter(pl.Series(gone))
+        for name, values in self.a.data.items():
+            survivors = values[:n][keep]
+            values[: len(survivors)] = survivors
+            self.a.data[name] = values
+        self.slots = renumber(self.slots)
+        self.cohort_id = self.cohort_id.filter(pl.Series(keep))
+        self.org_id = self.org_id.filter(pl.Series(keep))
+        self.open_days = renumber(self.open_days)
+        self.open_skill_days = renumber(self.open_skill_days)
+        self.recent = renumber(self.recent)
+        self.scored = renumber(self.scored)
+        self.skills = renumber(self.skills)
+        self.rules = self.rules.filter(~pl.col("user_key").is_in(gone_keys.implode()))
+        self.size = int(keep.sum())
+        # reset the freed tail so a new user starts from clean state
+        fresh = _Arrays(1)
+        for name, values in self.a.data.items():
+            values[self.size : n] = fresh.data[name][0]
 
     def _close_days(
         self, target: np.ndarray, fired: _Fired, emitted_at_us: int

@@ -218,3 +218,35 @@ def test_watermark_closes_days_incrementally_and_late_after_close() -> None:
     # an event for the closed day 03-01 is late for this user
     again = users.ingest(events("| user | type | timestamp |\n| w | lesson_completed | 2026-03-01T23:00:00Z |", seq_start=1), emitted_at_us=0)
     assert len(again.late) == 1 and again.accepted == 0
+
+
+def test_idle_users_are_evicted_after_their_final_state_row() -> None:
+    # state_ttl 10 d: `old` is last active 03-01 10:00; at the watermark of 03-12 it has been idle
+    # for > 10 d. Its final user_state row is emitted in the same call, then its state is gone.
+    users = UserAnalytics(Settings(state_ttl="10d"))
+    users.ingest(
+        events(
+            """
+            | user | type             | timestamp            |
+            | old  | lesson_completed | 2026-03-01T10:00:00Z |
+            | new  | lesson_completed | 2026-03-01T11:00:00Z |
+            | new  | lesson_completed | 2026-03-11T11:00:00Z |
+            """
+        ),
+        emitted_at_us=0,
+    )
+    out = users.advance(to_us("2026-03-12T11:00:00+00:00"), final=False, emitted_at_us=0, evaluate=False)
+    assert sorted(out.user_state["user_key"]) == ["new", "old"]  # forced evaluation wrote both
+    old = out.user_state.filter(pl.col("user_key") == "old").row(0, named=True)
+    assert (old["days_active"], old["momentum"]) == (1, "stalled")
+    assert users.evicted == 1 and users.size == 1
+    assert users.slots["user_key"].to_list() == ["new"]
+    # the survivor keeps its history after renumbering: 2 active days, last on 03-11
+    final = users.advance(to_us("2026-03-12T11:00:00+00:00"), final=True, emitted_at_us=0)
+    row = final.user_state.row(0, named=True)
+    assert (row["user_key"], row["days_active"], row["longest_streak"]) == ("new", 2, 1)
+    # a returning user starts afresh
+    users.ingest(events("| user | type | timestamp |\n| old | lesson_completed | 2026-03-13T09:00:00Z |", seq_start=3), emitted_at_us=0)
+    again = users.advance(to_us("2026-03-13T09:00:00+00:00"), final=True, emitted_at_us=0)
+    back = again.user_state.filter(pl.col("user_key") == "old").row(0, named=True)
+    assert (back["days_active"], back["total_completions"]) == (1, 1)
