@@ -179,7 +179,7 @@ class _Arrays:
         for name in self.BOOL:
             extend(name, np.bool_, False)
         for name in self.RINGS:
-            extend(name, np.float64, 0.0, RING)
+            extend(name, np.float64 if name == "ring_score" else np.float32, 0.0, RING)
         self.capacity = capacity
 
     def ensure(self, size: int) -> None:
