@@ -215,6 +215,7 @@ class UserAnalytics:
         self.recent = pl.DataFrame(schema=_RECENT_SCHEMA)
         self.scored = pl.DataFrame(schema=_SCORED_SCHEMA)
         self.skills = pl.DataFrame(schema={"slot": pl.Int64, "skill": pl.String})
+        self._skills_deduped = 0
         self.rules = empty_event_rule_state()
         self.watermark_us: int | None = None
 
@@ -346,9 +347,12 @@ class UserAnalytics:
                 ),
             ]
         )
-        self.skills = pl.concat(
-            [self.skills, events.filter(pl.col("skill").is_not_null()).select("slot", "skill")]
-        ).unique(maintain_order=True)
+        # (user, skill) pairs seen; de-duplicated lazily (when evaluated or grown 2x) so a batch
+        # costs O(batch), not O(all pairs)
+        fresh_pairs = events.filter(pl.col("skill").is_not_null()).select("slot", "skill").unique()
+        self.skills = pl.concat([self.skills, fresh_pairs])
+        if len(self.skills) > 2 * self._skills_deduped + 100_000:
+            self._dedupe_skills()
 
         self.rules, fired = apply_event_rules(self.rules, events.select(list(EVENT_BATCH_SCHEMA)))
         if len(fired):
@@ -472,6 +476,10 @@ class UserAnalytics:
             self.evicted += int(idle.sum())
             self._evict(idle)
         return out
+
+    def _dedupe_skills(self) -> None:
+        self.skills = self.skills.unique(maintain_order=True).rechunk()
+        self._skills_deduped = len(self.skills)
 
     def _evict(self, gone: np.ndarray) -> None:
         """Drop the users marked in `gone` from every piece of state and renumber the slots."""
@@ -905,6 +913,7 @@ class UserAnalytics:
         )
         user_state = USER_STATE.conform(frame)
 
+        self._dedupe_skills()
         pairs = self.skills.filter(pl.col("slot").is_in(chosen))
         skill_trend = trend_stats(
             self.scored.filter(pl.col("skill").is_not_null()),
