@@ -221,10 +221,24 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
     from learnstream.query import run_query
 
-    print(run_query(args.out, args.sql))
+    if not args.out.is_dir():
+        raise UsageError(f"learnstream query: no output directory {str(args.out)!r}: pass --out DIR of a run")
+    try:
+        print(run_query(args.out, args.sql))
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"learnstream query: {first} (tables: {', '.join(_tables())})") from exc
     return 0
+
+
+def _tables() -> list[str]:
+    from schemas.tables import TABLES
+
+    return sorted(TABLES)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
