@@ -12,10 +12,21 @@ source ──(partition, RawBatch)──> ingest ──(shard, ShardInput)──
 The watermark travels with the data: `ingest` sends every shard a sub-batch (possibly empty) with
 the watermark after each micro-batch, so every shard closes days at the same watermark whatever the
 number of workers, and `cohorts` finalises a date only once every shard has passed it.
+
+Several source partitions (Kafka): each partition has its own watermark (its newest accepted
+event time minus `max_out_of_orderness`, or, in live mode after `idle_timeout` without records,
+wall-clock time minus it). A shard's watermark is the *minimum* over all source partitions, as in
+Flink and Kafka Streams: a partition that lags behind (or has not been read yet) holds days open,
+so that reading partitions at different speeds does not turn its events into late ones. An idle
+partition stops holding them back after `idle_timeout` (SPEC §4), which is why every partition is
+announced at start (`LiveSource`): an empty one still gets an ingest state and an idle timer.
+A finite input (files, or Kafka with stop-at-end) is final once every partition has ended; the
+final watermark is then the newest event time of all.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,10 +34,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
@@ -92,6 +104,9 @@ class FlowConfig:
     started_at_us: int = field(default_factory=now_us)
     #: live mode: advance the watermark to wall-clock time after `idle_timeout` without events
     live: bool = False
+    #: keys (as `partition_of` names them) of every source partition; shards hold their
+    #: watermark until each of these has one. Empty: only the partitions seen so far count.
+    sources: tuple[str, ...] = ()
 
 
 def shard_of(user_keys: pl.Expr, shards: int) -> pl.Expr:
@@ -134,6 +149,9 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
     def on_item(self, value: RawBatch) -> tuple[Iterable[Envelope], bool]:
         emitted = now_us()
         self.last_item_wall_us = emitted
+        if not value.lines:
+            # the announcement of a partition (LiveSource): it now has state and an idle timer
+            return [], StatefulLogic.RETAIN
         decoded = decode_batch(
             value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq
         )
@@ -189,12 +207,19 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
         ]
 
     def notify_at(self) -> datetime | None:
+        """Live mode: wake `idle_timeout` after the last record (or the last idle advance)."""
         if not self.cfg.live:
             return None
         return datetime.fromtimestamp((self.last_item_wall_us + self.idle_us) / 1e6, tz=UTC)
 
     def on_notify(self) -> tuple[Iterable[Envelope], bool]:
-        """Idle for `idle_timeout`: the watermark moves to wall-clock time minus out-of-orderness."""
+        """Idle for `idle_timeout`: the watermark moves to wall-clock time minus out-of-orderness.
+
+        Never backwards; repeated every `idle_timeout` while the partition stays idle, so days
+        keep closing at local midnight (plus `allowed_lateness`). Sharp edge: replaying old
+        event time in live mode (a backlog from March read in November) closes every day up to
+        now as soon as a partition idles; events for those days that come later are late.
+        """
         wall = now_us()
         self.last_item_wall_us = wall
         candidate = wall - self.ooo_us
@@ -226,18 +251,42 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         self.users = (
             UserAnalytics.restore(resume["users"]) if resume is not None else UserAnalytics(cfg.settings)
         )
-        self.watermarks: dict[str, int] = dict(resume["watermarks"]) if resume is not None else {}
+        #: per source partition: its watermark (None until it has one)
+        self.watermarks: dict[str, int | None] = dict.fromkeys(cfg.sources)
+        #: source partitions whose finite input has ended
+        self.finals: set[str] = set()
+        if resume is not None:
+            self.watermarks.update(resume["watermarks"])
+            self.finals = set(resume.get("finals", ()))
+
+    def _watermark(self) -> tuple[int | None, bool]:
+        """(watermark, final): the minimum over source partitions; the newest event time once
+        every partition has ended."""
+        marks = self.watermarks
+        if marks and len(self.finals) == len(marks):
+            ends = [m for m in marks.values() if m is not None]
+            return (max(ends) if ends else None), True
+        if not marks or any(m is None for m in marks.values()):
+            return None, False
+        return min(m for m in marks.values() if m is not None), False
 
     def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
         emitted = now_us()
         out: list[Envelope] = []
         got = self.users.ingest(value.events, emitted_at_us=emitted)
-        if value.watermark_us is not None:
-            self.watermarks[value.source] = max(value.watermark_us, self.watermarks.get(value.source, value.watermark_us))
-        watermark = max(self.watermarks.values()) if self.watermarks else None
+        previous = self.watermarks.get(value.source)
+        if value.watermark_us is None:
+            self.watermarks.setdefault(value.source, None)
+        else:
+            self.watermarks[value.source] = (
+                value.watermark_us if previous is None else max(previous, value.watermark_us)
+            )
+        if value.final:
+            self.finals.add(value.source)
+        watermark, final = self._watermark()
         # a finite run only needs the final user_state; live runs publish every change
         closed = self.users.advance(
-            watermark, final=value.final, emitted_at_us=emitted, evaluate=self.cfg.live
+            watermark, final=final, emitted_at_us=emitted, evaluate=self.cfg.live
         )
         alerts = pl.concat([got.alerts, closed.alerts])
         late = got.late
@@ -267,7 +316,7 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
             (
                 "cohort",
                 "all",
-                CohortInput(closed.user_daily, alerts, self.shard, watermark, value.final),
+                CohortInput(closed.user_daily, alerts, self.shard, watermark, final),
             )
         )
         out.append(
@@ -276,7 +325,11 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         return out, StatefulLogic.RETAIN
 
     def snapshot(self) -> dict[str, Any]:
-        return {"users": self.users.snapshot(), "watermarks": dict(self.watermarks)}
+        return {
+            "users": self.users.snapshot(),
+            "watermarks": dict(self.watermarks),
+            "finals": sorted(self.finals),
+        }
 
 
 class CohortLogic(StatefulLogic[CohortInput, Envelope, dict[str, Any]]):
@@ -394,6 +447,76 @@ class RunLogic(StatefulLogic[dict[str, Any], Envelope, dict[str, Any]]):
         return {"counts": dict(self.counts), "watermark_us": self.watermark_us}
 
 
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every `LiveSource` in this process to end its partitions (e.g. from a signal handler).
+
+    The flow then finishes the way a finite input does, minus closing the open days: operators
+    flush, the run row is written, Kafka messages are flushed (checked) and the tables committed.
+    Safe to call from a signal handler (it only sets a flag; sources poll it at least every
+    `idle_backoff_s`).
+    """
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def reset_stop() -> None:
+    """Clear a previous `request_stop()` (before starting another run in the same process)."""
+    _STOP.clear()
+
+
+class _LivePartition(StatefulSourcePartition[RawBatch, Any]):
+    def __init__(self, inner: StatefulSourcePartition[RawBatch, Any], key: str) -> None:
+        self._inner = inner
+        self._key = key
+        self._announced = False
+
+    def next_batch(self) -> Iterable[RawBatch]:
+        if _STOP.is_set():
+            raise StopIteration()
+        if not self._announced:
+            self._announced = True
+            empty = np.zeros(0, dtype=np.int64)
+            return [RawBatch(lines=[], ref_prefix=self._key, positions=empty, received_at_us=now_us())]
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake() if self._announced else None
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class LiveSource(FixedPartitionedSource[RawBatch, Any]):
+    """Wraps a partitioned source of `RawBatch`es for live runs.
+
+    - Every partition first yields an empty batch whose `ref_prefix` is `key_of(partition)` (this
+      must be the key `partition_of` gives the partition's batches): a partition that has no
+      records yet still gets ingest state, an idle timer and a place in the watermark.
+    - After `request_stop()` every partition ends (StopIteration) on its next poll, so the
+      dataflow completes normally and every sink is flushed and closed. Snapshot state is the
+      inner partition's, so a resumed run continues where the stopped one ended.
+    """
+
+    def __init__(self, inner: FixedPartitionedSource[RawBatch, Any], key_of: Callable[[str], str]) -> None:
+        self.inner = inner
+        self.key_of = key_of
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _LivePartition:
+        return _LivePartition(self.inner.build_part(step_id, for_part, resume_state), self.key_of(for_part))
+
+
 def _kind(stream: op.Stream[Envelope], kind: str) -> op.KeyedStream[Any]:
     step = f"{kind}_items"
     picked = op.filter(step, stream, lambda e: e[0] == kind)
@@ -406,12 +529,23 @@ def build_flow(
     *,
     partition_of: Callable[[RawBatch], str] = lambda batch: "files",
     topics_sink: Sink[Any] | None = None,
+    partition_key: Callable[[str], str] | None = None,
 ) -> Dataflow:
     """The whole pipeline as a Bytewax Dataflow from a source of `RawBatch`es.
 
     `partition_of` names the source partition of a batch: dedup and the watermark are kept per
     source partition (one for all files of a run; one per Kafka partition).
+
+    `partition_key` (partitioned sources, e.g. Kafka) maps a name from `source.list_parts()` to
+    the key `partition_of` gives that partition's batches. With it, the source is wrapped in a
+    `LiveSource` (partitions announced at start, stop on `request_stop()`) and `cfg.sources`
+    is set to every partition's key, so shards wait for all of them (calls `list_parts()` once).
     """
+    if partition_key is not None:
+        if not isinstance(source, FixedPartitionedSource):
+            raise TypeError(f"partition_key needs a FixedPartitionedSource, got {type(source).__name__}")
+        cfg.sources = tuple(partition_key(part) for part in source.list_parts())
+        source = LiveSource(source, partition_key)
     flow = Dataflow("learnstream")
     raw = op.key_on("partition", op.input("read", flow, source), partition_of)
     ingested = op.stateful("ingest", raw, lambda resume: IngestLogic(cfg, resume))

@@ -162,21 +162,63 @@ def cmd_run(args: argparse.Namespace) -> int:
             config=_kafka_config(args.kafka_config),
             stop_at_end=args.stop_at_end,
         )
-        # SIGTERM stops a live run the way SIGINT does: cleanly, outputs committed
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
     spec = RunSpec(settings=settings, out_dir=args.out, secret=secret, paths=paths, kafka=kafka,
                    recovery_dir=args.recovery_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.recovery_dir is not None:
         _prepare_recovery(args.recovery_dir, args.workers)
+    previous = _stop_on_signals() if kind == "kafka" else None
     try:
         summary = run_flow(spec, workers=args.workers)
     except KeyboardInterrupt:
         from learnstream.runner import run_summary
 
         summary = run_summary(spec.out_dir, spec.run_id)
+    except Exception as exc:
+        delivery = _delivery_error(exc)
+        if delivery is None:
+            raise
+        print(f"learnstream run: {delivery}; the run stopped, outputs since the last snapshot "
+              "are not all published", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     _print_counts(summary)
     return 0
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGINT/SIGTERM end a live run cleanly: the sources stop, every sink flushes and commits,
+    exit status 0. A second signal interrupts at once (KeyboardInterrupt). Returns the previous
+    handlers."""
+    from flows.pipeline import request_stop, reset_stop, stop_requested
+
+    reset_stop()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop_requested():
+            raise KeyboardInterrupt
+        print(f"learnstream run: {signal.Signals(signum).name}: stopping (committing outputs)",
+              file=sys.stderr, flush=True)
+        request_stop()
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _delivery_error(exc: BaseException) -> BaseException | None:
+    """The `sinks.kafka.DeliveryError` in an exception's chain (Bytewax wraps sink errors)."""
+    from sinks.kafka import DeliveryError
+
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DeliveryError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _prepare_recovery(directory: Path, workers: int) -> None:

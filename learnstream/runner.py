@@ -79,6 +79,8 @@ def make_flow(spec: RunSpec) -> Dataflow:
         cfg,
         partition_of=lambda batch: batch.ref_prefix,
         topics_sink=KafkaTopicsSink(kafka.bootstrap, kafka.config),
+        # "<topic>/<partition>" -> the batches' ref_prefix "kafka:<topic>/<partition>/"
+        partition_key=lambda part: f"kafka:{part}/",
     )
 
 
