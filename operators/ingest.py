@@ -40,7 +40,7 @@ def _us(delta: object) -> int:
 class Admitted:
     """One batch sorted into its three fates (rejections are decode's)."""
 
-    accepted: pl.DataFrame  # EVENT_BATCH_SCHEMA
+    accepted: pl.DataFrame  # EVENT_BATCH_SCHEMA + watermark_us (the watermark at arrival)
     late: pl.DataFrame  # EVENT_BATCH_SCHEMA
     duplicates: int
     #: the watermark after this batch (None until the first accepted event)
@@ -100,7 +100,14 @@ class Admission:
             late=(pl.col("max_before") - self.ooo_us) >= (pl.col("day_end_us") + self.lateness_us)
         )
         cols = list(EVENT_BATCH_SCHEMA)
-        accepted = valid.filter(~pl.col("late")).select(cols)
+        # accepted events also carry the watermark at their arrival (`watermark_us`, null before
+        # the first event), which lets downstream state decisions be made per event
+        accepted = valid.filter(~pl.col("late")).select(
+            *cols,
+            watermark_us=pl.when(pl.col("max_before") > -(2**62))
+            .then(pl.col("max_before") - self.ooo_us)
+            .otherwise(None),
+        )
         late = valid.filter(pl.col("late")).select(cols)
 
         batch_max = valid["t_us"].max()

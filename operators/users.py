@@ -133,6 +133,15 @@ class UserOutput:
     late: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=EVENT_BATCH_SCHEMA))
     accepted: int = 0
 
+    def extend(self, other: UserOutput) -> None:
+        """Append another output's rows (the later one wins on upsert, as emitted)."""
+        for name in ("user_daily", "user_skill_daily", "user_state", "user_skill_state", "alerts"):
+            setattr(self, name, pl.concat([getattr(self, name), getattr(other, name)]))
+        self.late = pl.concat([self.late, other.late], how="diagonal_relaxed").select(
+            list(EVENT_BATCH_SCHEMA)
+        )
+        self.accepted += other.accepted
+
 
 class _Arrays:
     """Numeric per-user state, one entry per slot (grown by doubling)."""
@@ -258,11 +267,58 @@ class UserAnalytics:
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, events: pl.DataFrame, *, emitted_at_us: int) -> UserOutput:
-        """Fold accepted events (EVENT_BATCH_SCHEMA) into open days; run the event rules."""
+        """Fold accepted events (EVENT_BATCH_SCHEMA) into open days; run the event rules.
+
+        With a `watermark_us` column (the watermark at each event's arrival, from admission), a
+        user who comes back after `state_ttl` of idleness starts afresh exactly as if the batch had
+        ended just before that event: the batch is split there and the days are advanced to that
+        watermark first (which evicts the idle user), so results do not depend on batch sizes.
+        """
+        if len(events) == 0:
+            return UserOutput()
+        events = events.sort("seq")
+        split = self._first_return_after_ttl(events) if "watermark_us" in events.columns else None
+        if split is None:
+            return self._ingest(events, emitted_at_us)
+        seq, watermark = split
+        out = self._ingest(events.filter(pl.col("seq") < seq), emitted_at_us)
+        out.extend(self.advance(watermark, final=False, emitted_at_us=emitted_at_us, evaluate=False))
+        out.extend(self.ingest(events.filter(pl.col("seq") >= seq), emitted_at_us=emitted_at_us))
+        return out
+
+    def _first_return_after_ttl(self, events: pl.DataFrame) -> tuple[int, int] | None:
+        """(seq, watermark) of the first event whose user was idle for state_ttl when it arrived."""
+        marks = events["watermark_us"]
+        top = marks.max()
+        if top is None:
+            return None
+        threshold = int(top) - self.state_ttl_us  # type: ignore[arg-type]
+        known = events.select("user_key").unique().join(self.slots, on="user_key")
+        last = self.a.last_activity_us[known["slot"].to_numpy()]
+        oldest = min(int(events["t_us"].min()), int(last.min()) if len(last) else 2**62)  # type: ignore[arg-type]
+        if oldest >= threshold:
+            return None  # nobody in this batch can have been idle that long
+        state_last = known.with_columns(state_last=pl.Series(last)).drop("slot")
+        frame = (
+            events.select("seq", "user_key", "t_us", "watermark_us")
+            .join(state_last, on="user_key", how="left", maintain_order="left")
+            .with_columns(before=pl.col("t_us").cum_max().shift(1).over("user_key"))
+            .with_columns(base=pl.max_horizontal("before", "state_last"))
+            .filter(
+                pl.col("watermark_us").is_not_null()
+                & pl.col("base").is_not_null()
+                & (pl.col("base") < pl.col("watermark_us") - self.state_ttl_us)
+            )
+        )
+        if frame.is_empty():
+            return None
+        first = frame.row(0, named=True)
+        return int(first["seq"]), int(first["watermark_us"])
+
+    def _ingest(self, events: pl.DataFrame, emitted_at_us: int) -> UserOutput:
         out = UserOutput()
         if len(events) == 0:
             return out
-        events = events.sort("seq")
         keyed = self._assign_slots(events["user_key"])
         events = events.join(keyed, on="user_key", how="left", maintain_order="left")
         a = self.a
@@ -465,12 +521,14 @@ class UserAnalytics:
             out.alerts = self._day_alerts(fired.frame(), emitted_at_us)
         # users idle for state_ttl: write their final user_state row, then forget them
         idle = a.last_activity_us[:n] < watermark_us - self.state_ttl_us
-        if idle.any():
-            a.dirty[:n] |= idle
-            evaluate = True
         if evaluate or final:
+            a.dirty[:n] |= idle
             out.user_state, out.user_skill_state = self._evaluate(
                 watermark_us, final, emitted_at_us
+            )
+        elif idle.any():
+            out.user_state, out.user_skill_state = self._evaluate(
+                watermark_us, False, emitted_at_us, only=np.nonzero(idle)[0]
             )
         if idle.any():
             self.evicted += int(idle.sum())
@@ -783,12 +841,15 @@ class UserAnalytics:
 
     # ------------------------------------------------------------------ state as of the watermark
     def _evaluate(
-        self, as_of_us: int, final: bool, emitted_at_us: int
+        self, as_of_us: int, final: bool, emitted_at_us: int, only: np.ndarray | None = None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         a = self.a
         n = self.size
-        chosen = np.arange(n) if final else np.nonzero(a.dirty[:n])[0]
-        a.dirty[:n] = False
+        if only is not None:
+            chosen = only
+        else:
+            chosen = np.arange(n) if final else np.nonzero(a.dirty[:n])[0]
+            a.dirty[:n] = False
         self._prune(as_of_us)
         if len(chosen) == 0:
             return USER_STATE.empty(), USER_SKILL_STATE.empty()

@@ -236,7 +236,8 @@ def test_idle_users_are_evicted_after_their_final_state_row() -> None:
         emitted_at_us=0,
     )
     out = users.advance(to_us("2026-03-12T11:00:00+00:00"), final=False, emitted_at_us=0, evaluate=False)
-    assert sorted(out.user_state["user_key"]) == ["new", "old"]  # forced evaluation wrote both
+    # evaluate=False, yet the evicted user's final row is written (and only that one)
+    assert out.user_state["user_key"].to_list() == ["old"]
     old = out.user_state.filter(pl.col("user_key") == "old").row(0, named=True)
     assert (old["days_active"], old["momentum"]) == (1, "stalled")
     assert users.evicted == 1 and users.size == 1
@@ -250,3 +251,32 @@ def test_idle_users_are_evicted_after_their_final_state_row() -> None:
     again = users.advance(to_us("2026-03-13T09:00:00+00:00"), final=True, emitted_at_us=0)
     back = again.user_state.filter(pl.col("user_key") == "old").row(0, named=True)
     assert (back["days_active"], back["total_completions"]) == (1, 1)
+
+
+def test_returning_after_state_ttl_is_decided_per_event_not_per_batch() -> None:
+    # state_ttl 10 d. `r` is active 03-01, then `x` moves the watermark to 03-20 and `r` returns
+    # on 03-20 (its event arrives when the watermark is already 03-20 - 5 min > 03-01 + 10 d):
+    # `r` starts afresh whether the three events come in one batch or in three.
+    table = """
+        | user | type             | timestamp            |
+        | r    | lesson_completed | 2026-03-01T10:00:00Z |
+        | x    | lesson_completed | 2026-03-20T10:00:00Z |
+        | r    | lesson_completed | 2026-03-20T10:01:00Z |
+        """
+    from operators.ingest import Admission
+
+    results = []
+    for split in ([0, 1, 2, 3], [0, 3]):
+        admission, users = Admission(Settings()), UserAnalytics(Settings(state_ttl="10d"))
+        frame = events(table)
+        rows = []
+        for lo, hi in zip(split, split[1:], strict=False):
+            admitted = admission.admit(frame.slice(lo, hi - lo))
+            got = users.ingest(admitted.accepted, emitted_at_us=0)
+            rows.append(got.user_state)
+            closed = users.advance(admitted.watermark_us, final=hi == 3, emitted_at_us=0, evaluate=False)
+            rows.append(closed.user_state)
+        final = pl.concat(rows).filter(pl.col("user_key") == "r").tail(1).row(0, named=True)
+        results.append((final["days_active"], final["total_completions"], users.evicted))
+    # in both cases: r's old state (1 active day) was dropped; the new r has 1 day, 1 completion
+    assert results == [(1, 1, 1), (1, 1, 1)]
