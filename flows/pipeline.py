@@ -293,8 +293,8 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         tables = {
             "user_daily": closed.user_daily,
             "user_skill_daily": closed.user_skill_daily,
-            "user_state": closed.user_state,
-            "user_skill_state": closed.user_skill_state,
+            "user_state": pl.concat([got.user_state, closed.user_state]),
+            "user_skill_state": pl.concat([got.user_skill_state, closed.user_skill_state]),
             "alerts": alerts,
         }
         for name, frame in tables.items():
