@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092)
     broker.add_argument("--partitions", type=_positive("--partitions"), default=3)
     broker.add_argument("--topics", default="learning.events,learning.alerts,learning.metrics,learning.events.dlq")
+    erase = sub.add_parser("erase", help="remove learners from every table; writes an audit record")
+    erase.add_argument("--out", type=Path, required=True, help="output directory of a run")
+    erase.add_argument("--user-id", action="append", default=[], metavar="ID",
+                       help="raw user_id to erase (repeatable)")
+    erase.add_argument("--user-id-file", type=Path, metavar="FILE",
+                       help="one user_id per line ('-' = stdin): keeps ids out of shell history and ps")
+    erase.add_argument("--config", type=Path, help="settings file (JSON or TOML), as for run")
+    erase.add_argument("--no-compact", action="store_true",
+                       help="skip rewriting learnstream.duckdb (deleted rows then stay in the file)")
+
+    retention = sub.add_parser("retention", help="drop date partitions older than N days; writes an audit record")
+    retention.add_argument("--out", type=Path, required=True, help="output directory of a run")
+    retention.add_argument("--retention-days", type=_positive("--retention-days"), required=True, metavar="N",
+                           help="keep the last N days before today (UTC); older partitions go")
+    retention.add_argument("--no-compact", action="store_true",
+                           help="skip rewriting learnstream.duckdb (deleted rows then stay in the file)")
     return parser
 
 
@@ -304,6 +320,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, users=args.users, days=args.days, seed=args.seed, broker=not args.no_broker)
 
 
+def _read_user_ids(path: Path) -> list[str]:
+    """One id per line; only the line ending is stripped (spaces belong to the id); blank lines skipped."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"learnstream erase: cannot read --user-id-file {str(path)!r}: {exc}") from exc
+    return [line for line in text.splitlines() if line != ""]
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from learnstream.erase import OutputBusyError, erase_users
+
+    ids = list(args.user_id)
+    if args.user_id_file is not None:
+        ids += _read_user_ids(args.user_id_file)
+    if not ids:
+        raise UsageError("learnstream erase: give --user-id ID (repeatable) or --user-id-file FILE")
+    if "" in ids:
+        raise UsageError("learnstream erase: bad --user-id '': a user_id is 1-256 characters")
+    secret = _settings(args.config).key_bytes()  # ConfigError (exit 2) without the secret
+    try:
+        report = erase_users(args.out, ids, secret, compact=not args.no_compact)
+    except FileNotFoundError as exc:
+        raise UsageError(f"learnstream erase: {exc}: pass --out DIR of a run") from exc
+    except OutputBusyError as exc:
+        print(f"learnstream erase: {exc}", file=sys.stderr)
+        return 1
+    counts = " ".join(f"{t}={n}" for t, n in report.rows.items())
+    print(f"erased {len(report.user_keys)} user(s): {report.rows_removed} rows ({counts}); "
+          f"audit {report.audit_id} in {report.audit_path}")
+    if report.rows_removed == 0:
+        print("no rows matched: check that LEARNSTREAM_PSEUDONYM_KEY is the secret of the run", file=sys.stderr)
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from learnstream.erase import OutputBusyError, apply_retention
+
+    try:
+        report = apply_retention(args.out, args.retention_days, compact=not args.no_compact)
+    except FileNotFoundError as exc:
+        raise UsageError(f"learnstream retention: {exc}: pass --out DIR of a run") from exc
+    except OutputBusyError as exc:
+        print(f"learnstream retention: {exc}", file=sys.stderr)
+        return 1
+    dropped = sum(len(v) for v in report.partitions.values())
+    print(f"dropped {dropped} partitions before {report.cutoff} ({report.rows_removed} rows); "
+          f"audit {report.audit_id} in {report.audit_path}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "generate": cmd_generate,
@@ -311,6 +378,8 @@ COMMANDS = {
     "query": cmd_query,
     "broker": cmd_broker,
     "demo": cmd_demo,
+    "erase": cmd_erase,
+    "retention": cmd_retention,
 }
 
 

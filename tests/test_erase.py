@@ -306,3 +306,13 @@ def test_compact_duckdb_removes_deleted_bytes(tmp_path: Path) -> None:
         con.execute("INSERT INTO r VALUES ('k1', 'again')")
     con.close()
     assert not compact_duckdb(tmp_path / "none.duckdb")
+
+
+def test_cli(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEARNSTREAM_PSEUDONYM_KEY", raising=False)
+    assert main(["erase", "--out", str(out), "--user-id", A]) == 2
+    monkeypatch.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+    assert main(["erase", "--out", str(out), "--user-id", A, "--user-id", B]) == 0
+    assert erased_user_keys(out) == {key_of(A), key_of(B)}
+    assert main(["retention", "--out", str(out), "--retention-days", "0"]) == 2
+    assert main(["retention", "--out", str(out), "--retention-days", "100000"]) == 0
