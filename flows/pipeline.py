@@ -77,6 +77,11 @@ class ShardInput:
 
 
 @dataclass
+class PartitionEnd(RawBatch):
+    """Marker from `LiveSource`: partition `ref_prefix` has no more records (finite input)."""
+
+
+@dataclass
 class CohortInput:
     user_daily: pl.DataFrame
     alerts: pl.DataFrame
@@ -137,10 +142,13 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
         self.idle_us = _us(cfg.settings.idle_timeout)
         self.ooo_us = _us(cfg.settings.max_out_of_orderness)
         self.idle_watermark_us: int | None = None
+        #: this partition's finite input has ended (its final sub-batches are sent)
+        self.ended = False
         if resume is not None:
             self.seq = resume["seq"]
             self.admission.restore(resume["admission"])
             self.idle_watermark_us = resume.get("idle_watermark_us")
+            self.ended = resume.get("ended", False)
 
     def _watermark(self) -> int | None:
         marks = [m for m in (self.admission.watermark_us, self.idle_watermark_us) if m is not None]
@@ -149,6 +157,10 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
     def on_item(self, value: RawBatch) -> tuple[Iterable[Envelope], bool]:
         emitted = now_us()
         self.last_item_wall_us = emitted
+        if isinstance(value, PartitionEnd):
+            # this partition is done: it stops holding back the other partitions' watermark
+            self.ended = True
+            return self._to_shards(EMPTY_EVENTS, final=True, received_at_us=emitted), StatefulLogic.RETAIN
         if not value.lines:
             # the announcement of a partition (LiveSource): it now has state and an idle timer
             return [], StatefulLogic.RETAIN
@@ -230,8 +242,11 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
         return self._to_shards(EMPTY_EVENTS, final=False, received_at_us=wall), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Envelope], bool]:
-        if self.cfg.live:
+        """End of a finite input: close every day. Not in live mode, not when the run was asked
+        to stop (the input did not end), and not twice (a `PartitionEnd` already did)."""
+        if self.cfg.live or self.ended or stop_requested():
             return [], StatefulLogic.RETAIN
+        self.ended = True
         return self._to_shards(EMPTY_EVENTS, final=True, received_at_us=now_us()), StatefulLogic.RETAIN
 
     def snapshot(self) -> dict[str, Any]:
@@ -239,6 +254,7 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
             "seq": self.seq,
             "admission": self.admission.snapshot(),
             "idle_watermark_us": self.idle_watermark_us,
+            "ended": self.ended,
         }
 
 
@@ -260,15 +276,17 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
             self.finals = set(resume.get("finals", ()))
 
     def _watermark(self) -> tuple[int | None, bool]:
-        """(watermark, final): the minimum over source partitions; the newest event time once
-        every partition has ended."""
+        """(watermark, final): the minimum over the source partitions that have not ended (None
+        while one of them has no watermark yet); once every partition has ended, the newest
+        event time of all, final."""
         marks = self.watermarks
         if marks and len(self.finals) == len(marks):
             ends = [m for m in marks.values() if m is not None]
             return (max(ends) if ends else None), True
-        if not marks or any(m is None for m in marks.values()):
+        running = [m for source, m in marks.items() if source not in self.finals]
+        if not running or any(m is None for m in running):
             return None, False
-        return min(m for m in marks.values() if m is not None), False
+        return min(m for m in running if m is not None), False
 
     def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
         emitted = now_us()
@@ -475,18 +493,26 @@ class _LivePartition(StatefulSourcePartition[RawBatch, Any]):
         self._inner = inner
         self._key = key
         self._announced = False
+        self._ended = False
+
+    def _marker(self, kind: type[RawBatch]) -> list[RawBatch]:
+        empty = np.zeros(0, dtype=np.int64)
+        return [kind(lines=[], ref_prefix=self._key, positions=empty, received_at_us=now_us())]
 
     def next_batch(self) -> Iterable[RawBatch]:
-        if _STOP.is_set():
+        if _STOP.is_set() or self._ended:
             raise StopIteration()
         if not self._announced:
             self._announced = True
-            empty = np.zeros(0, dtype=np.int64)
-            return [RawBatch(lines=[], ref_prefix=self._key, positions=empty, received_at_us=now_us())]
-        return self._inner.next_batch()
+            return self._marker(RawBatch)
+        try:
+            return self._inner.next_batch()
+        except StopIteration:
+            self._ended = True
+            return self._marker(PartitionEnd)
 
     def next_awake(self) -> datetime | None:
-        return self._inner.next_awake() if self._announced else None
+        return self._inner.next_awake() if self._announced and not self._ended else None
 
     def snapshot(self) -> Any:
         return self._inner.snapshot()
@@ -501,6 +527,10 @@ class LiveSource(FixedPartitionedSource[RawBatch, Any]):
     - Every partition first yields an empty batch whose `ref_prefix` is `key_of(partition)` (this
       must be the key `partition_of` gives the partition's batches): a partition that has no
       records yet still gets ingest state, an idle timer and a place in the watermark.
+    - When an inner partition ends (a finite input, e.g. Kafka with stop-at-end), it yields a
+      `PartitionEnd` first: that partition no longer holds back the watermark of the others (an
+      empty or short partition does not keep days open until the whole input ends); once every
+      partition has ended, all days close.
     - After `request_stop()` every partition ends (StopIteration) on its next poll, so the
       dataflow completes normally and every sink is flushed and closed. Snapshot state is the
       inner partition's, so a resumed run continues where the stopped one ended.
