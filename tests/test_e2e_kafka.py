@@ -412,3 +412,32 @@ def test_stopped_broker_makes_the_run_fail_loudly(
     failed = re.search(r"failed (\d+) in total", last)
     assert failed and int(failed[1]) > 0
     assert "Message timed out" in last
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+def test_demo_shows_alerts_arriving_on_a_real_topic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from learnstream.config import load_settings
+    from learnstream.demo_live import SHOWN, show_live_alerts
+
+    events = tmp_path / "events.jsonl"
+    write_events(events, users=40, days=10, seed=5, bad_fraction=0.01)
+    show_live_alerts(events, load_settings(), b"demo-secret")
+    lines = capsys.readouterr().out.strip().splitlines()
+    shown = [ln for ln in lines if re.match(r"^  \+ *\d+\.\d\ds  alert (high|medium|low) \w+ (user [0-9a-f]{6}…|cohort \S+) \d{4}-\d\d-\d\d: ", ln)]
+    assert len(shown) == SHOWN, lines
+    summary = re.search(r"live: (\d+) alerts on learning.alerts \((\d+) in the run\)", lines[-1])
+    assert summary and summary[1] == summary[2] and int(summary[1]) >= SHOWN, lines[-1]
+
+
+def test_demo_says_so_in_one_line_when_no_broker_can_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from learnstream.config import load_settings
+    from learnstream.demo_live import show_live_alerts
+
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
+    show_live_alerts(tmp_path / "unused.jsonl", load_settings(), b"demo-secret")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("live: skipped, no local Kafka broker could start ("), out
