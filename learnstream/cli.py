@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,6 +44,32 @@ def _positive(name: str) -> Any:
         return value
 
     return parse
+
+
+BROKER_TOPICS = ("learning.events", "learning.alerts", "learning.metrics", "learning.events.dlq")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be in 1..65535, got {text!r}")
+    return value
+
+
+def _topics(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"--topics needs at least one topic name, got {text!r}")
+    for name in names:
+        if not _TOPIC.match(name) or name in (".", ".."):
+            raise argparse.ArgumentTypeError(
+                f"bad topic name {name!r} in --topics: use 1-249 of [A-Za-z0-9._-]"
+            )
+    return names
 
 
 def _fraction(text: str) -> float:
@@ -93,10 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--out", type=Path, default=Path("out"))
     query.add_argument("sql", help="SQL; tables: the DuckDB tables, or parquet views pq_<table>")
 
-    broker = sub.add_parser("broker", help="start a local Kafka-compatible broker (Tansu)")
-    broker.add_argument("--port", type=int, default=9092)
-    broker.add_argument("--partitions", type=_positive("--partitions"), default=3)
-    broker.add_argument("--topics", default="learning.events,learning.alerts,learning.metrics,learning.events.dlq")
+    broker = sub.add_parser(
+        "broker", help="start a local Kafka-compatible broker (Tansu, in memory) for development"
+    )
+    broker.add_argument("--port", type=_port, default=9092, help="loopback port to listen on")
+    broker.add_argument("--partitions", type=_positive("--partitions"), default=3,
+                        help="partitions per topic (a multiple of the worker count)")
+    broker.add_argument("--topics", type=_topics, default=list(BROKER_TOPICS),
+                        help="comma-separated topics to create (default: the four of SPEC §7)")
     erase = sub.add_parser("erase", help="remove learners from every table; writes an audit record")
     erase.add_argument("--out", type=Path, required=True, help="output directory of a run")
     erase.add_argument("--user-id", action="append", default=[], metavar="ID",
@@ -299,19 +331,59 @@ def _tables() -> list[str]:
     return sorted(TABLES)
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
-    from learnstream.broker import LocalBroker
+def _port_in_use(port: int) -> bool:
+    """True when something listens on 127.0.0.1:`port` (SO_REUSEADDR, as the broker binds:
+    a port only in TIME_WAIT is free)."""
+    import socket
 
-    topics = [t for t in args.topics.split(",") if t]
-    with LocalBroker(port=args.port) as broker:
-        broker.create_topics(topics, partitions=args.partitions)
-        print(f"broker ready: bootstrap {broker.bootstrap}; topics {', '.join(topics)}", flush=True)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("broker stopped")
-    return 0
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run Tansu on 127.0.0.1:PORT until SIGINT/SIGTERM (exit 0); its process is always reaped.
+
+    Prints one line when ready: `learnstream broker: ready, bootstrap.servers=127.0.0.1:PORT ...`.
+    A port already in use exits 2 naming it; a broker that cannot start or dies exits 1.
+    """
+    from learnstream.broker import BrokerError, LocalBroker
+
+    if _port_in_use(args.port):
+        raise UsageError(f"learnstream broker: port {args.port} on 127.0.0.1 is in use: choose another with --port")
+
+    def stop(signum: int, frame: object) -> None:
+        # once: the broker is being stopped (bounded: SIGKILL after a grace), don't interrupt that
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalBroker(port=args.port) as broker:
+            broker.create_topics(args.topics, partitions=args.partitions)
+            print(
+                f"learnstream broker: ready, bootstrap.servers={broker.bootstrap} (Tansu, in-memory "
+                f"storage); topics {', '.join(args.topics)} with {args.partitions} partition(s) each; "
+                "Ctrl-C or SIGTERM stops it",
+                flush=True,
+            )
+            while broker.running:
+                time.sleep(0.2)
+            raise BrokerError(f"the broker on {broker.bootstrap} exited unexpectedly")
+    except KeyboardInterrupt:
+        print("learnstream broker: stopped", flush=True)
+        return 0
+    except BrokerError as exc:
+        print(f"learnstream broker: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
