@@ -408,6 +408,37 @@ def _worker_signals(live: bool) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def _listening_ports() -> set[int]:
+    """Local TCP ports in LISTEN state (Linux /proc/net/tcp*, read without connecting)."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _wait_for_peers_listening(peers: list[str], timeout_s: float = 20.0) -> None:
+    """Wait until the lower-numbered workers listen (worker i connects to every j < i).
+
+    Only cosmetic: Timely retries a refused connection every second, but prints "error
+    connecting to worker 0: Connection refused; retrying" each time. Looks at the kernel's socket
+    table instead of probing (a stray connection would break Timely's handshake). Gives up
+    silently after `timeout_s` or where /proc/net is missing.
+    """
+    ports = {int(address.rsplit(":", 1)[1]) for address in peers}
+    if not ports or not Path("/proc/net/tcp").exists():
+        return
+    deadline = time.monotonic() + timeout_s
+    while not ports <= _listening_ports() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _worker_main() -> None:
     """Entry point of one worker process (`python -c`, started by `run_flow`).
 
@@ -437,8 +468,10 @@ def _worker_main() -> None:
     report = ErrorReport(lambda line: send(line, step=True))
     code = 0
     try:
+        flow = guard_flow(make_flow(spec), report)
+        _wait_for_peers_listening(addresses[:proc_id])
         cluster_main(
-            guard_flow(make_flow(spec), report),
+            flow,
             addresses,
             proc_id,
             epoch_interval=_epoch(spec),
