@@ -1,0 +1,388 @@
+"""Crash recovery of a file run (ARCHITECTURE "Exactly-once outputs", SPEC §2 and §7).
+
+`learnstream run --recovery-dir DIR` is started as a child process and killed with SIGKILL at
+seeded random moments — some purely timed, one while a table commit is staging files, one right
+after the run's final `pipeline_runs` row reached Parquet — and restarted with the same arguments
+until it finishes. The final tables must equal those of an uninterrupted run without recovery:
+every row and every value, except processing-time values (`emitted_at`, `received_at`, the
+`date` partition of `rejected_events` derived from `received_at`, and `pipeline_runs`' run-level
+`run_id`/`started_at`/`ended_at`/`date`), in Parquet and in DuckDB, with one row per key.
+
+What a restart means here: the same run continued, not a new one. So `pipeline_runs` has exactly
+one row, its counts cover the input exactly once (records_in = non-blank lines =
+accepted + rejected + duplicates + late), and its `started_at` is the first attempt's start.
+
+Settings: 200 users x 21 days (about 14k lines: 2% bad records, 2% duplicates, 20 late events
+appended), `LEARNSTREAM_BATCH_SIZE=1000` (14 micro-batches), `LEARNSTREAM_SNAPSHOT_INTERVAL=1s`
+(Bytewax epoch and table commit interval).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from schemas.tables import TABLES
+from sources.generator import write_events
+
+SECRET = "recovery-test-secret"
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    "LEARNSTREAM_PSEUDONYM_KEY": SECRET,
+    "LEARNSTREAM_BATCH_SIZE": "1000",
+    "LEARNSTREAM_SNAPSHOT_INTERVAL": "1s",
+}
+SEED = 20261127
+RUN_TIMEOUT_S = 900
+#: values that depend on processing time, not on the input
+PROCESSING_TIME_COLUMNS = {"emitted_at", "received_at"}
+RUN_LEVEL_COLUMNS = {"run_id", "started_at", "ended_at", "date"}
+
+
+def run_command(events: Path, out: Path, recovery: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "learnstream.cli", "run", "--source", f"file:{events}", "--out", str(out)]
+    if recovery is not None:
+        cmd += ["--recovery-dir", str(recovery)]
+    return cmd
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, **ENV}
+
+
+def read_parquet_table(out: Path, name: str) -> pl.DataFrame:
+    table = TABLES[name]
+    if not list((out / "parquet" / name).glob("**/*.parquet")):
+        return table.empty()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    hive = "true" if table.partition else "false"
+    glob = str(out / "parquet" / name / "**" / "*.parquet")
+    frame = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive})").pl()
+    con.close()
+    return table.conform(frame)
+
+
+def read_duckdb_table(out: Path, name: str) -> pl.DataFrame:
+    con = duckdb.connect(str(out / "learnstream.duckdb"), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        frame = con.sql(f"SELECT * FROM {name}").pl()
+    finally:
+        con.close()
+    return TABLES[name].conform(frame)
+
+
+def comparable(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Sorted by key, without processing-time values.
+
+    `timestamp_in_future` details name the distance to processing time ("is 30682992611.8 s after
+    processing time"); that number is blanked, the rest of the detail is compared.
+    """
+    table = TABLES[name]
+    drop = set(PROCESSING_TIME_COLUMNS)
+    if name == "pipeline_runs":
+        drop |= RUN_LEVEL_COLUMNS
+    if name == "rejected_events":
+        drop.add("date")  # the UTC date of received_at
+        frame = frame.with_columns(
+            detail=pl.when(pl.col("reason") == "timestamp_in_future")
+            .then(pl.col("detail").str.replace(r" is [0-9.]+ s after ", " is _ s after "))
+            .otherwise(pl.col("detail"))
+        )
+    return frame.sort(list(table.key)).drop([c for c in drop if c in frame.columns])
+
+
+def assert_same(got: pl.DataFrame, want: pl.DataFrame, what: str) -> None:
+    """Exact equality (values, types, row order after sorting by key), naming the table."""
+    try:
+        assert_frame_equal(got, want, check_exact=True)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {exc}") from None
+
+
+def one_row_per_key(frame: pl.DataFrame, name: str) -> bool:
+    return not frame.select(TABLES[name].key).is_duplicated().any()
+
+
+def recovery_progress(recovery: Path) -> tuple[int, list[tuple[int, int]]]:
+    """(committed epoch, [(execution, resume epoch)]) from Bytewax's recovery partition.
+
+    Read-only and closed at once, so the running flow is never blocked (the store is in WAL mode).
+    """
+    path = recovery / "part-0.sqlite3"
+    if not path.exists():
+        return 0, []
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        commits = con.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+        executions = con.execute("SELECT ex_num, resume_epoch FROM exs ORDER BY ex_num").fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0, []
+    finally:
+        con.close()
+    return int(commits[0] or 0) if commits else 0, [(int(a), int(b)) for a, b in executions]
+
+
+@dataclass
+class CrashRun:
+    events: Path
+    out: Path
+    recovery: Path
+    lines: int
+    #: wall-clock time of the first kill
+    first_kill_at: datetime | None = None
+    #: (trigger, seconds into the attempt, committed epoch when killed)
+    kills: list[tuple[str, float, int]] = field(default_factory=list)
+    executions: list[tuple[int, int]] = field(default_factory=list)
+    stdout: str = ""
+
+
+def _staging_busy(out: Path) -> bool:
+    staging = out / ".staging"
+    try:
+        return staging.is_dir() and any(staging.iterdir())
+    except FileNotFoundError:  # a commit directory vanished while listing
+        return False
+
+
+@dataclass
+class Attempt:
+    #: the moment the attempt was killed at, or None when it finished
+    killed_at: str | None
+    seconds: float
+    epoch: int
+    stdout: str
+
+
+#: (seconds into the attempt, committed epoch) -> name of the moment to kill at, or None
+Trigger = Callable[[float, int], str | None]
+POLL_S = 0.002  # file-system checks; the recovery store is read at most every EPOCH_POLL_S
+EPOCH_POLL_S = 0.05
+
+
+def run_attempt(cmd: list[str], trigger: Trigger, recovery: Path) -> Attempt:
+    """Start an attempt; SIGKILL it as soon as `trigger` names a moment."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    epoch, epoch_read = 0, -1.0
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - started
+            if elapsed - epoch_read >= EPOCH_POLL_S:
+                epoch, epoch_read = recovery_progress(recovery)[0], elapsed
+            moment = trigger(elapsed, epoch)
+            if moment is not None:
+                proc.send_signal(signal.SIGKILL)
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
+                return Attempt(moment, elapsed, epoch, out)
+            assert elapsed < RUN_TIMEOUT_S, "attempt did not finish"
+            time.sleep(POLL_S)
+        out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
+    return Attempt(None, time.monotonic() - started, recovery_progress(recovery)[0], out)
+
+
+def crash_and_resume(events: Path, base: Path, lines: int, full_run_s: float) -> CrashRun:
+    """Kill the run at planned moments, restarting it with the same arguments, until it finishes.
+
+    Plan (seeded): a timed kill, a kill while a table commit is staging files, another timed kill,
+    each only once the attempt has committed a snapshot of its own (so every restart resumes from
+    a later snapshot). Timed = 20-80% of an uninterrupted run's duration (`full_run_s`) into the
+    attempt. In every attempt until it has happened, the run is also killed the moment its final
+    `pipeline_runs` row reaches Parquet (the end of the run, before Bytewax has stored its last
+    snapshot), so that moment is covered however fast the machine runs through the others.
+    """
+    rng = random.Random(SEED)
+    out, recovery = base / "out", base / "recovery"
+    cmd = run_command(events, out, recovery)
+    run = CrashRun(events, out, recovery, lines)
+
+    def timed(fraction: float) -> Trigger:
+        start_epoch = recovery_progress(recovery)[0]
+
+        def trigger(elapsed: float, epoch: int) -> str | None:
+            due = epoch > start_epoch and elapsed >= fraction * full_run_s
+            return "timed" if due else None
+
+        return trigger
+
+    def mid_commit() -> Trigger:
+        start_epoch = recovery_progress(recovery)[0]
+
+        def trigger(elapsed: float, epoch: int) -> str | None:
+            return "mid-commit" if epoch > start_epoch and _staging_busy(out) else None
+
+        return trigger
+
+    def never(elapsed: float, epoch: int) -> str | None:
+        return None
+
+    def or_final_row(planned: Trigger) -> Trigger:
+        def trigger(elapsed: float, epoch: int) -> str | None:
+            if (out / "parquet" / "pipeline_runs").is_dir():
+                return "final row written"
+            return planned(elapsed, epoch)
+
+        return trigger
+
+    plan: list[Callable[[], Trigger]] = [
+        lambda: timed(rng.uniform(0.2, 0.8)),
+        mid_commit,
+        lambda: timed(rng.uniform(0.2, 0.8)),
+    ]
+    final_pending = True
+    while True:
+        planned = plan.pop(0)() if plan else never
+        attempt = run_attempt(cmd, or_final_row(planned) if final_pending else planned, recovery)
+        if attempt.killed_at is None:
+            run.stdout = attempt.stdout
+            break
+        final_pending = final_pending and attempt.killed_at != "final row written"
+        run.kills.append((attempt.killed_at, round(attempt.seconds, 2), attempt.epoch))
+        if run.first_kill_at is None:
+            run.first_kill_at = datetime.now(UTC)
+        assert len(run.kills) <= 6, run.kills
+    run.executions = recovery_progress(recovery)[1]
+    return run
+
+
+def _non_blank_lines(path: Path) -> int:
+    return sum(1 for line in path.read_bytes().split(b"\n") if line not in (b"", b"\r"))
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("recovery-input") / "events.jsonl"
+    write_events(path, users=200, days=21, seed=7, bad_fraction=0.02, duplicate_fraction=0.02)
+    late = [
+        json.dumps({"event_id": f"late-{i}", "user_id": f"late-user-{i % 3}", "type": "lesson_completed",
+                    "timestamp": f"2026-03-02T10:{i:02d}:00Z"})
+        for i in range(20)
+    ]
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(late) + "\n")
+    return path
+
+
+@dataclass
+class Uninterrupted:
+    out: Path
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(events: Path, tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
+    """The same input, no recovery, never killed: the reference output."""
+    out = tmp_path_factory.mktemp("recovery-baseline") / "out"
+    started = time.monotonic()
+    done = subprocess.run(run_command(events, out, None), env=child_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Uninterrupted(out, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run: Uninterrupted) -> Path:
+    return uninterrupted_run.out
+
+
+@pytest.fixture(scope="module")
+def crashed(
+    events: Path, uninterrupted_run: Uninterrupted, tmp_path_factory: pytest.TempPathFactory
+) -> CrashRun:
+    return crash_and_resume(events, tmp_path_factory.mktemp("recovery-crash"),
+                            _non_blank_lines(events), uninterrupted_run.seconds)
+
+
+def test_the_run_was_really_killed_and_resumed_from_snapshots(crashed: CrashRun) -> None:
+    print("kills (trigger, seconds into attempt, committed epoch):", crashed.kills)
+    print("executions (number, resume epoch):", crashed.executions)
+    moments = [k[0] for k in crashed.kills]
+    assert moments[-1] == "final row written", crashed.kills
+    assert {"timed", "mid-commit"} & set(moments), crashed.kills  # killed in the middle too
+    # one Bytewax execution per attempt; restarts resumed from a snapshot, not from the start
+    assert len(crashed.executions) == len(crashed.kills) + 1, crashed.executions
+    resumed = [epoch for _, epoch in crashed.executions[1:]]
+    assert all(epoch > 1 for epoch in resumed), crashed.executions
+    assert resumed == sorted(resumed), crashed.executions
+
+
+@pytest.mark.parametrize("name", [n for n in TABLES if n != "pipeline_runs"])
+def test_tables_equal_an_uninterrupted_run(crashed: CrashRun, uninterrupted: Path, name: str) -> None:
+    want = read_parquet_table(uninterrupted, name)
+    if name in ("user_daily", "alerts", "rejected_events", "late_events"):
+        assert len(want) > 0, f"{name}: the uninterrupted run wrote no rows; the comparison is void"
+    for label, got in (
+        ("parquet", read_parquet_table(crashed.out, name)),
+        ("duckdb", read_duckdb_table(crashed.out, name)),
+        ("uninterrupted duckdb", read_duckdb_table(uninterrupted, name)),
+    ):
+        assert one_row_per_key(got, name), f"{name} ({label}): a key has several rows"
+        assert_same(comparable(got, name), comparable(want, name), f"{name} ({label})")
+
+
+def test_accounting_covers_the_input_exactly_once(crashed: CrashRun, uninterrupted: Path) -> None:
+    want = read_parquet_table(uninterrupted, "pipeline_runs")
+    for label, runs in (("parquet", read_parquet_table(crashed.out, "pipeline_runs")),
+                        ("duckdb", read_duckdb_table(crashed.out, "pipeline_runs"))):
+        for row in runs.iter_rows(named=True):
+            assert row["records_in"] == crashed.lines, label
+            assert row["records_in"] == row["accepted"] + row["rejected"] + row["duplicates"] + row["late"]
+        assert_same(comparable(runs, "pipeline_runs").unique(), comparable(want, "pipeline_runs"),
+                    f"pipeline_runs ({label})")
+    base = want.row(0, named=True)
+    assert base["records_in"] == crashed.lines
+    assert base["late"] == 20 and base["duplicates"] > 0 and base["rejected"] > 0
+    assert base["rejected"] == len(read_parquet_table(crashed.out, "rejected_events"))
+    assert base["late"] == len(read_parquet_table(crashed.out, "late_events"))
+    assert base["alerts"] == len(read_parquet_table(crashed.out, "alerts"))
+
+
+def test_a_restarted_run_is_the_same_run(crashed: CrashRun) -> None:
+    """One pipeline_runs row for the whole run, started when the first attempt started."""
+    for label, runs in (("parquet", read_parquet_table(crashed.out, "pipeline_runs")),
+                        ("duckdb", read_duckdb_table(crashed.out, "pipeline_runs"))):
+        assert len(runs) == 1, f"pipeline_runs ({label}) has {len(runs)} rows for one run:\n{runs}"
+        row = runs.row(0, named=True)
+        assert crashed.first_kill_at is not None
+        assert row["started_at"] < crashed.first_kill_at, (label, row["started_at"], crashed.kills)
+        assert row["ended_at"] > crashed.first_kill_at, label
+
+
+def test_rerunning_a_finished_run_changes_nothing(crashed: CrashRun, tmp_path: Path) -> None:
+    """The same arguments once more after the run completed: no second run, the same tables."""
+    out, recovery = tmp_path / "out", tmp_path / "recovery"
+    shutil.copytree(crashed.out, out)
+    shutil.copytree(crashed.recovery, recovery)
+    done = subprocess.run(run_command(crashed.events, out, recovery), env=child_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in TABLES:
+        before = comparable(read_parquet_table(crashed.out, name), name)
+        after = comparable(read_parquet_table(out, name), name)
+        if name == "pipeline_runs":
+            assert len(read_parquet_table(out, name)) == len(read_parquet_table(crashed.out, name))
+        assert_same(after, before, name)
