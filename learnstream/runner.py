@@ -393,18 +393,26 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+_INTERRUPTED = threading.Event()
+
+
 def _worker_signals(live: bool) -> None:
     """SIGINT aborts (KeyboardInterrupt). SIGTERM stops cleanly: a live run ends its sources
     (`flows.pipeline.request_stop`) so every sink flushes and commits; a second SIGTERM, or
-    SIGTERM in a finite run, aborts."""
+    SIGTERM in a finite run, aborts. An abort is remembered in `_INTERRUPTED`: raised inside a
+    step, Bytewax turns the KeyboardInterrupt into a panic."""
     from flows.pipeline import request_stop, stop_requested
+
+    def on_int(signum: int, frame: object) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
 
     def on_term(signum: int, frame: object) -> None:
         if not live or stop_requested():
-            raise KeyboardInterrupt
+            on_int(signum, frame)
         request_stop()
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, on_int)
     signal.signal(signal.SIGTERM, on_term)
 
 
@@ -480,12 +488,14 @@ def _worker_main() -> None:
     except KeyboardInterrupt:
         code = _EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - report any failure to the parent, then exit 1
-        if report.first is None:
+        code = 1
+        if _INTERRUPTED.is_set() and report.first is None:
+            code = _EXIT_INTERRUPTED  # a signal, not a failure (Bytewax wrapped it)
+        elif report.first is None:
             traceback.print_exc()
             cause = _root_cause(exc)
             with contextlib.suppress(OSError):
                 send(" ".join(f"{type(cause).__name__}: {cause}".split())[:2000], step=False)
-        code = 1
     with contextlib.suppress(OSError):
         status.close()
     sys.stdout.flush()
@@ -659,10 +669,21 @@ def run_flow(spec: RunSpec, workers: int = 1) -> dict[str, Any]:
 
     `workers > 1` runs that many worker processes as one Bytewax cluster (see `_run_cluster`
     for failure and signal handling). Raises `WorkerFailed` when a worker fails and
-    KeyboardInterrupt when interrupted.
+    KeyboardInterrupt when interrupted. In both modes SIGTERM interrupts like SIGINT unless the
+    caller handles SIGTERM itself (as `learnstream run` does for a clean live stop).
     """
     if workers <= 1:
-        run_main(make_flow(spec), epoch_interval=_epoch(spec), recovery_config=_recovery(spec))
+        previous = _terminate_on_sigterm()
+        try:
+            run_main(make_flow(spec), epoch_interval=_epoch(spec), recovery_config=_recovery(spec))
+        except Exception as exc:
+            # Ctrl-C inside a step reaches us as BytewaxRuntimeError caused by KeyboardInterrupt
+            if isinstance(_root_cause(exc), KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     else:
         _run_cluster(spec, workers)
     return run_summary(spec.out_dir, spec.run_id)
