@@ -530,7 +530,8 @@ def _start_workers(spec: RunSpec, workers: int) -> list[_Worker]:
                 os.close(write_fd)
             started.append(_Worker(index, proc, read_fd))
             assert proc.stdin is not None
-            with proc.stdin:
+            # a worker that died at once (BrokenPipeError) is reported by the supervision loop
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
                 proc.stdin.write(pickle.dumps(header))
                 proc.stdin.write(pickle.dumps((spec, index, addresses)))
     except BaseException:
