@@ -47,7 +47,7 @@ from operators.cohorts import CohortAggregator
 from operators.decode import RawBatch, decode_batch
 from operators.ingest import Admission
 from operators.pseudonymize import Pseudonymizer
-from operators.users import UserAnalytics
+from operators.users import UserAnalytics, UserOutput
 from schemas.events import EVENT_BATCH_SCHEMA
 from schemas.tables import ALERTS, LATE_EVENTS, PIPELINE_RUNS, REJECTED_EVENTS
 from sinks.bytewax_tables import TablesSink
@@ -112,6 +112,10 @@ class FlowConfig:
     #: keys (as `partition_of` names them) of every source partition; shards hold their
     #: watermark until each of these has one. Empty: only the partitions seen so far count.
     sources: tuple[str, ...] = ()
+    #: live mode: a shard evaluates `user_state` of its changed users at most this often (and
+    #: when it stops), so a busy shard does not re-evaluate (and publish) every user it touched
+    #: at every micro-batch. Changes within the interval are published as one message per user.
+    state_interval: timedelta = timedelta(seconds=2)
 
 
 def shard_of(user_keys: pl.Expr, shards: int) -> pl.Expr:
@@ -271,9 +275,14 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         self.watermarks: dict[str, int | None] = dict.fromkeys(cfg.sources)
         #: source partitions whose finite input has ended
         self.finals: set[str] = set()
+        #: live mode: when user_state may next be evaluated; whether changes await it
+        self.interval_us = _us(cfg.state_interval)
+        self.next_eval_us = 0
+        self.pending = False
         if resume is not None:
             self.watermarks.update(resume["watermarks"])
             self.finals = set(resume.get("finals", ()))
+            self.pending = bool(resume.get("pending", False))
 
     def _watermark(self) -> tuple[int | None, bool]:
         """(watermark, final): the minimum over the source partitions that have not ended (None
@@ -290,7 +299,6 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
 
     def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
         emitted = now_us()
-        out: list[Envelope] = []
         got = self.users.ingest(value.events, emitted_at_us=emitted)
         previous = self.watermarks.get(value.source)
         if value.watermark_us is None:
@@ -301,11 +309,38 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
             )
         if value.final:
             self.finals.add(value.source)
+        return self._step(got, emitted, value.received_at_us, force=False), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Live mode with changes awaiting evaluation: wake when the state interval is over."""
+        if not (self.cfg.live and self.pending):
+            return None
+        return datetime.fromtimestamp(self.next_eval_us / 1e6, tz=UTC)
+
+    def on_notify(self) -> tuple[Iterable[Envelope], bool]:
+        emitted = now_us()
+        return self._step(UserOutput(), emitted, emitted, force=True), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Envelope], bool]:
+        """A live run that stops publishes the state changes still awaiting evaluation."""
+        if not (self.cfg.live and self.pending):
+            return [], StatefulLogic.RETAIN
+        emitted = now_us()
+        return self._step(UserOutput(), emitted, emitted, force=True), StatefulLogic.RETAIN
+
+    def _step(self, got: UserOutput, emitted: int, received_at_us: int, *, force: bool) -> list[Envelope]:
+        """Close the days the watermark passed; evaluate state (live: at most every
+        `state_interval`, or when forced); build every output of this shard."""
+        out: list[Envelope] = []
         watermark, final = self._watermark()
         # a finite run only needs the final user_state; live runs publish every change
+        evaluate = self.cfg.live and (force or emitted >= self.next_eval_us)
         closed = self.users.advance(
-            watermark, final=final, emitted_at_us=emitted, evaluate=self.cfg.live
+            watermark, final=final, emitted_at_us=emitted, evaluate=evaluate
         )
+        if evaluate:
+            self.next_eval_us = emitted + self.interval_us
+        self.pending = self.cfg.live and not (evaluate or final)
         alerts = pl.concat([got.alerts, closed.alerts])
         late = got.late
         tables = {
@@ -319,7 +354,7 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
             if len(frame):
                 out.append(("table", name, frame))
         if len(late):
-            out.append(("table", LATE_EVENTS.name, _late_rows(late, value.received_at_us, emitted)))
+            out.append(("table", LATE_EVENTS.name, _late_rows(late, received_at_us, emitted)))
         publish = self.cfg.publish
         if publish is not None:
             from schemas.messages import alert_messages, metric_messages
@@ -328,8 +363,8 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
                 out.append(("topic", publish.alerts, alert_messages(alerts)))
             if len(closed.user_daily):
                 out.append(("topic", publish.metrics, metric_messages("user_day", closed.user_daily)))
-            if len(closed.user_state):
-                out.append(("topic", publish.metrics, metric_messages("user_state", closed.user_state)))
+            if len(tables["user_state"]):
+                out.append(("topic", publish.metrics, metric_messages("user_state", tables["user_state"])))
         out.append(
             (
                 "cohort",
@@ -340,13 +375,14 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         out.append(
             ("count", "run", {"accepted": got.accepted, "late": len(late), "alerts": len(alerts), "watermark": watermark})
         )
-        return out, StatefulLogic.RETAIN
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "users": self.users.snapshot(),
             "watermarks": dict(self.watermarks),
             "finals": sorted(self.finals),
+            "pending": self.pending,
         }
 
 
