@@ -2,6 +2,11 @@
 
 `run_flow` is what `learnstream run` and `learnstream demo` call. Worker processes talk over
 loopback (Bytewax's `-i/-a` cluster protocol); each builds the same flow from a picklable `RunSpec`.
+
+Workers are `python -c` children in their own process group, killed by the kernel if this
+process dies; this process supervises them (`_run_cluster`): signals are forwarded once, the
+first worker failure stops the others, and the failing step's own error is reported
+(`guard_flow`, because Bytewax loses it in multi-process mode).
 """
 
 from __future__ import annotations
