@@ -6,25 +6,26 @@ produces "fired" rows: rule, user_key (null for cohort rules), cohort_id, org_id
 adds the id, severity, title, message and recommendations. The texts are plain English with
 rounded numbers, while `evidence` keeps full precision.
 
-`build_alerts` is columnar: per rule, the evidence is decoded with `str.json_decode` and the
-texts are polars string expressions (`_*_x` below) that reproduce the per-row Python texts
-(`alert_text`) character for character, rounding included. The per-row functions stay: they
-are the public `alert_text`, and the fallback for the few rows the columnar path does not
-handle exactly (see `build_alerts`). Only `alert_id` is computed per row in Python
-(`hashlib`, ~0.5 µs per alert): neither polars nor pyarrow has SHA-256.
+`build_alerts` is columnar (see "columnar texts" below): per rule, the evidence is decoded
+with `str.json_decode`; numbers are looked up in tables of the per-row formatters' own output;
+the texts are rows of indices into one pool of strings, joined in one go. It gives exactly
+what the per-row functions (`alert_text`, `severity`) give: they stay, as the public API and
+as the fallback for the rows the tables do not cover. Only `alert_id` is computed per row in
+Python (`hashlib`, ~0.3 µs per alert): neither polars nor pyarrow has SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.tables import ALERTS
 
@@ -127,6 +128,8 @@ _METRIC_LABEL = {
     "time_spent_s": "Time spent",
     "avg_score": "Average score",
 }
+_METRIC_ENUM = pl.Enum([*_METRIC_LABEL, ""])
+_METRIC_CODE = {metric: i for i, metric in enumerate(_METRIC_ENUM.categories)}
 _PERFORMANCE_RECS = (
     "Look at the day's low-scoring activities with the learner",
     "Check whether new material was harder than usual",
@@ -175,7 +178,11 @@ def _duration(seconds: Any) -> str:
     s = float(seconds)
     if abs(s) < 60:
         return f"{_num(s, 0)} s"
-    minutes = int(round(s / 60))
+    return _minutes(int(round(s / 60)))
+
+
+def _minutes(minutes: int) -> str:
+    """Whole minutes as `25 min` or `2 h 10 min` (the columnar path uses a table of these)."""
     if abs(minutes) < 60:
         return f"{minutes} min"
     hours, rest = divmod(minutes, 60)
@@ -321,62 +328,64 @@ def alert_text(rule: str, evidence: Evidence, row: dict[str, Any]) -> Text:
     return make(evidence, row)
 
 
-# --------------------------------------------------------------- columnar number formatting
-# Each `_fmt_*` takes a Float64 Series (nulls allowed, |x| < _FAST_LIMIT) and returns the
-# String Series its per-row twin gives. The rounding runs in numpy; the text is polars' cast of
-# the rounded float to String, which is Python's repr (shortest round-trip digits, positional
-# below 1e16, "3.0" for integers): the rounded value k / 10**digits has at most 14 significant
-# digits, so its shortest repr is exactly those digits. (One polars expression per number,
-# with the rounding inside, was 10x slower: planning a tree that repeats its operands.)
+# ---------------------------------------------------------------------------- columnar texts
+# A call's texts are rows of indices into one pool of strings: the fixed words, precomputed
+# tables of number texts, and the strings of the call (dates, skills, per-row texts). A
+# message is the concatenation of its row of pieces: one gather from the pool and one
+# `arr.join` for every message at once. Numbers are table lookups: the tables hold the
+# per-row formatters' own output (`_num`, `_z`, `_minutes`) for every value they cover, so
+# only the rounding to a table index is done here, in numpy. A row with a number no table
+# covers (|x| ≥ 1000 with decimals, durations over 100 h, |z| ≥ 1000, …) is built per row,
+# as are rows whose evidence does not decode to the rule's types. A call costs ~40 polars
+# operations whatever its size (it is called per batch and per closed day).
 
-#: the columnar formatting is exact for |x| below this (x·100 stays far below 2**52); rows
-#: with a larger number go through the per-row texts
-_FAST_LIMIT = 1e12
+#: table ranges: one-decimal numbers k/10 for |k| ≤ _DEC1, two-decimal k/100 for |k| ≤ _DEC2,
+#: z = ±k/10 for k ≤ _ZMAX, durations: seconds to ±60, minutes to ±_MINUTES
+_DEC1 = 9_999
+_DEC2 = 999
+_ZMAX = 9_999
+_MINUTES = 5_999
+#: longest list of scores built columnar (longer lists: per row)
+_MAX_SCORES = 8
+#: integers formatted through an Int64 cast when no table covers them, up to 2**53
+_MAX_EXACT_INT = 2.0**53
 #: Dekker's splitter for doubles: 2**27 + 1
 _SPLIT = 134_217_729.0
 
-Part = str | pl.Expr
+#: slots in each call's pool for the fixed words of the texts (about 90 are used)
+_LITERALS = 256
+_EMPTY = 0  # pool index of ""
+_NA = 1  # pool index of "n/a"
 
 
-@lru_cache(maxsize=512)
-def _lit(text: str) -> pl.Expr:
-    """A String literal, cached: the texts use a few hundred per call, and building one
-    costs ~6 µs."""
-    return pl.lit(text, pl.String)
+class _Tables:
+    """The fixed part of every pool: "", "n/a" and the number tables (built once, ~30 ms)."""
+
+    def __init__(self) -> None:
+        texts = ["", "n/a"]
+
+        def table(values: list[str]) -> int:
+            start = len(texts)
+            texts.extend(values)
+            return start
+
+        # index of value 0 in each signed table
+        self.dec1 = table([_num(k / 10) for k in range(-_DEC1, _DEC1 + 1)]) + _DEC1
+        self.dec2 = table([_num(k / 100, 2) for k in range(-_DEC2, _DEC2 + 1)]) + _DEC2
+        self.zpos = table([_z(k / 10) for k in range(_ZMAX + 1)])
+        self.zneg = table([_z(-k / 10) if k else _z(-0.0) for k in range(_ZMAX + 1)])
+        self.secs = table([f"{_num(float(k), 0)} s" for k in range(-60, 61)]) + 60
+        self.mins = table([_minutes(m) for m in range(-_MINUTES, _MINUTES + 1)]) + _MINUTES
+        self.pool = pl.Series(texts, dtype=pl.String)
 
 
-def _cat(*parts: Part) -> pl.Expr:
-    """Concatenate strings and string expressions (a null part makes the result null)."""
-    return pl.concat_str([_lit(p) if isinstance(p, str) else p for p in parts])
-
-
-def _str_list(*items: Part) -> pl.Expr:
-    return pl.concat_list([_lit(i) if isinstance(i, str) else i for i in items])
-
-
-#: every fixed list of recommendations; rows carry an index into this table (plus, per call,
-#: the lists that name a skill) until the very end, so that lists are built only once
-_REC_TABLE: tuple[tuple[str, ...], ...] = (
-    _STRUGGLING_RECS,
-    _LOW_PERF_RECS_NO_SKILL,
-    _INACTIVITY_RECS,
-    _LOW_CONSISTENCY_RECS,
-    _STREAK_RECS,
-    _PERFORMANCE_RECS,
-    _HIGH_ACTIVITY_RECS,
-    _LOW_ACTIVITY_RECS,
-    _COHORT_RECS,
-)
-_REC_ID = {recs: i for i, recs in enumerate(_REC_TABLE)}
-_REC_SERIES = pl.Series([list(r) for r in _REC_TABLE], dtype=pl.List(pl.String))
-
-
-def _rec(recs: tuple[str, ...]) -> pl.Expr:
-    return pl.lit(_REC_ID[recs], pl.Int64)
+@lru_cache(maxsize=1)
+def _tables() -> _Tables:
+    return _Tables()
 
 
 def _round_abs(a: np.ndarray, scale: int) -> np.ndarray:
-    """a·scale rounded to an integer (as float64) the way `format()` rounds, for 0 ≤ a < 1e12.
+    """a·scale rounded to an integer (float64) the way `format()` rounds, for 0 ≤ a < 1e12.
 
     `format()` rounds the exact binary value of `a`, ties to even (0.35 is 0.34999…, so
     "0.3"; 0.25 is exact, so "0.2"). p = fl(a·scale) is within half an ulp of the exact
@@ -398,72 +407,259 @@ def _round_abs(a: np.ndarray, scale: int) -> np.ndarray:
     return k
 
 
-def _as_text(values: np.ndarray, null: np.ndarray) -> pl.Series:
-    """repr() of each float without a trailing ".0" (so integers read as such), or null."""
-    return (
-        pl.Series(np.where(null, np.nan, values), nan_to_null=True)
-        .cast(pl.String)
-        .str.strip_suffix(".0")
-    )
+Piece = int | np.ndarray
 
 
-def _values(x: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 values with nulls as 0, the null mask)."""
-    return x.fill_null(0.0).to_numpy(), x.is_null().to_numpy()
+def _codes(values: pl.Series, enum: pl.Enum) -> np.ndarray:
+    """Position of each value among the enum's categories, -1 for null or any other value."""
+    physical = values.cast(pl.String).cast(enum, strict=False).to_physical().to_numpy()
+    if physical.dtype.kind == "f":  # nulls: NaN
+        return np.where(np.isnan(physical), -1, physical).astype(np.int64)
+    return physical.astype(np.int64)
 
 
-def _fmt_num(x: pl.Series, digits: int = 1) -> pl.Series:
-    """`_num`: integers as such, others rounded to `digits` without trailing zeros."""
-    v, null = _values(x)
-    scale = 10**digits
-    k = _round_abs(np.abs(v), scale)
-    rounded = np.where(v < 0, -k, k) / scale + 0.0  # + 0.0: a rounded -0.04 reads "0"
-    return _as_text(rounded, null).fill_null("n/a")
+def _or_none(texts: pl.Series) -> pl.Series:
+    """`f"{x}"` of each text: null reads "None"."""
+    return texts.fill_null("None") if texts.null_count() else texts
 
 
-def _fmt_z(z: pl.Series) -> pl.Series:
-    """`_z`: `+7.1`, `+7.0`, `-0.0`; a negative zero keeps its sign, as `format()` does."""
-    v, null = _values(z)
-    magnitude = _round_abs(np.abs(v), 10) / 10  # repr always has a decimal here: "7.0"
-    sign = pl.Series(np.signbit(v).astype(np.uint8)).replace_strict(
-        [0, 1], ["+", "-"], return_dtype=pl.String
-    )
-    text = pl.Series(np.where(null, np.nan, magnitude), nan_to_null=True).cast(pl.String)
-    return pl.select(pl.concat_str([sign, text])).to_series().fill_null("n/a")
+def _stack(pieces: list[Piece], m: int) -> np.ndarray:
+    """The pieces of `m` rows as an m × len(pieces) matrix of pool indices."""
+    out = np.empty((m, len(pieces)), np.int64)
+    for j, piece in enumerate(pieces):
+        out[:, j] = piece
+    return out
 
 
-_UNITS = pl.Series([" s", " min", " h"], dtype=pl.String)
-_REST = pl.Series([""] + [f" {m} min" for m in range(1, 60)], dtype=pl.String)
-
-
-def _fmt_duration(seconds: pl.Series) -> pl.Series:
-    """`_duration`: `45 s`, `25 min`, `2 h 10 min`; minutes = round(s / 60), ties to even."""
-    v, null = _values(seconds)
-    minutes = np.rint(v / 60.0)  # round(): ties to even
-    hours, rest = np.divmod(minutes, 60.0)  # floor division, as divmod()
-    secs = np.abs(v) < 60
-    mins = ~secs & (np.abs(minutes) < 60)
-    rounded_secs = np.where(v < 0, -1.0, 1.0) * _round_abs(np.abs(v), 1) + 0.0
-    lead = np.where(secs, rounded_secs, np.where(mins, minutes, hours))
-    unit = np.where(secs, 0, np.where(mins, 1, 2))
-    tail = np.where(secs | mins, 0, rest).astype(np.int64)
-    text = pl.select(
-        pl.concat_str([_as_text(lead, null), _UNITS.gather(unit), _REST.gather(tail)])
-    ).to_series()
-    return text.fill_null("n/a")
-
-
-def _fmt_num_lists(lists: pl.Series) -> pl.Series:
-    """`", ".join(_num(s) for s in scores)` per row; a null list reads as empty."""
+def _elements(lists: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(all elements as float64 with NaN for null, length of each list, start of each list in
+    the elements); a null list has length 0."""
     arrow = lists.to_arrow()
-    flat = _fmt_num(pl.Series(arrow.flatten(), dtype=pl.Float64))
-    lengths = np.nan_to_num(arrow.value_lengths().to_numpy(zero_copy_only=False)).astype(np.int64)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
-    texts = pa.LargeListArray.from_arrays(offsets, flat.to_arrow())
-    return pl.Series(texts, dtype=pl.List(pl.String)).list.join(", ")
+    values = arrow.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    lengths = arrow.value_lengths().to_numpy(zero_copy_only=False).astype(np.float64)
+    lengths = np.nan_to_num(lengths).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return values, lengths, starts
 
 
-# -------------------------------------------------------------------------- columnar texts
+class _Call:
+    """The pool, the pieces and the other outputs of one `build_alerts` call.
+
+    Formatting methods take float64 arrays (NaN for null: JSON has no NaN) and return pool
+    indices, -1 where no table covers the value (the row is then built per row).
+    """
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        self.n = frame.height
+        self.tables = _tables()
+        # pool: the tables, `_LITERALS` slots for the call's fixed words, then `parts`
+        self.literals: dict[str, int] = {}
+        self.literal_base = len(self.tables.pool)
+        self.parts: list[pl.Series] = []
+        self.size = self.literal_base + _LITERALS
+        self.messages: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, pieces m×k)
+        self.titles: list[tuple[np.ndarray, np.ndarray]] = []
+        self.severity = np.zeros(self.n, np.int64)
+        self.rec = np.zeros(self.n, np.int64)
+        self.recs: list[pl.Series] = [_REC_SERIES]
+        self.n_recs = len(_REC_SERIES)
+        self._dates: int | None = None
+        self._cohorts: int | None = None
+
+    # ---------------------------------------------------------------------------- the pool
+    def lit(self, text: str) -> int:
+        """Pool index of a fixed word (one Series for all of them, made in `columns`)."""
+        index = self.literals.get(text)
+        if index is None:
+            if len(self.literals) == _LITERALS:
+                raise RuntimeError(f"more than {_LITERALS} fixed words in alert texts")
+            index = self.literals[text] = self.literal_base + len(self.literals)
+        return index
+
+    def add(self, texts: pl.Series) -> int:
+        """Pool index of texts[0] (the others follow)."""
+        start = self.size
+        self.parts.append(texts)
+        self.size += len(texts)
+        return start
+
+    def strings(self, texts: pl.Series) -> np.ndarray:
+        return self.add(texts) + np.arange(len(texts))
+
+    def dates(self, rows: np.ndarray) -> np.ndarray:
+        """`str(date)` of the rows ("None" for null), as Python writes it."""
+        if self._dates is None:
+            self._dates = self.add(_or_none(self.frame["date"].cast(pl.String)))
+        return self._dates + rows
+
+    def cohorts(self, rows: np.ndarray) -> np.ndarray:
+        if self._cohorts is None:
+            self._cohorts = self.add(_or_none(self.frame["cohort_id"].cast(pl.String)))
+        return self._cohorts + rows
+
+    # ------------------------------------------------------------------------- the numbers
+    def num(self, v: np.ndarray, digits: int = 1) -> np.ndarray:
+        """`_num(v, digits)` for digits 1 or 2."""
+        scale, limit = (10, _DEC1) if digits == 1 else (100, _DEC2)
+        base = self.tables.dec1 if digits == 1 else self.tables.dec2
+        out = np.full(len(v), -1, np.int64)
+        out[np.isnan(v)] = _NA
+        a = np.abs(v)
+        small = a < 1e12
+        k = np.zeros(len(v))
+        k[small] = _round_abs(a[small], scale)
+        covered = small & (k <= limit)
+        out[covered] = base + np.copysign(k[covered], v[covered]).astype(np.int64)
+        # integers beyond the table: str(int(v)) is the Int64 cast
+        big = ~covered & (v == np.floor(v)) & (a < _MAX_EXACT_INT)
+        if big.any():
+            out[big] = self.strings(pl.Series(v[big].astype(np.int64)).cast(pl.String))
+        return out
+
+    def z(self, v: np.ndarray) -> np.ndarray:
+        """`_z(v)`: `+7.1`, `-0.0` (the sign bit decides, as `format()` does)."""
+        out = np.full(len(v), -1, np.int64)
+        out[np.isnan(v)] = _NA
+        a = np.abs(v)
+        small = a < 1e12
+        k = np.zeros(len(v))
+        k[small] = _round_abs(a[small], 10)
+        covered = small & (k <= _ZMAX)
+        base = np.where(np.signbit(v), self.tables.zneg, self.tables.zpos)
+        out[covered] = base[covered] + k[covered].astype(np.int64)
+        return out
+
+    def duration(self, v: np.ndarray) -> np.ndarray:
+        """`_duration(v)`: seconds below a minute, else `_minutes(round(v / 60))`."""
+        out = np.full(len(v), -1, np.int64)
+        out[np.isnan(v)] = _NA
+        a = np.abs(v)
+        secs = a < 60
+        k = _round_abs(np.where(secs, a, 0.0), 1)
+        out[secs] = self.tables.secs + np.copysign(k[secs], v[secs]).astype(np.int64)
+        minutes = np.rint(np.where(secs | np.isnan(v), 0.0, v) / 60.0)  # round(): to even
+        covered = ~secs & ~np.isnan(v) & (np.abs(minutes) <= _MINUTES)
+        out[covered] = self.tables.mins + minutes[covered].astype(np.int64)
+        return out
+
+    def days(self, v: np.ndarray) -> list[Piece]:
+        """`_days(v)`: `1 day`, `3 days`, `n/a days`."""
+        return [self.num(v), np.where(v == 1, self.lit(" day"), self.lit(" days"))]
+
+    def num_lists(self, lists: pl.Series) -> list[Piece]:
+        """`", ".join(_num(s) for s in scores)` per row (a null list reads as empty); -1 in
+        every piece of a row with more than `_MAX_SCORES` scores."""
+        values, lengths, starts = _elements(lists)
+        texts = self.num(values)
+        too_long = lengths > _MAX_SCORES
+        sep = self.lit(", ")
+        pieces: list[Piece] = []
+        for i in range(min(int(lengths.max(initial=0)), _MAX_SCORES)):
+            has = lengths > i
+            value = np.where(has, texts[np.minimum(starts + i, len(values) - 1)], _EMPTY)
+            if i:
+                pieces.append(np.where(has, sep, _EMPTY))
+            pieces.append(np.where(too_long, -1, value))
+        return pieces
+
+    # ---------------------------------------------------------------------------- the rows
+    def place(
+        self,
+        rows: np.ndarray,
+        message: list[Piece],
+        title: list[Piece],
+        severity: Piece,
+        rec: Piece,
+    ) -> np.ndarray:
+        """Record the texts of `rows`; returns the rows that need per-row texts instead."""
+        msg = _stack(message, len(rows))
+        ttl = _stack(title, len(rows))
+        bad = (msg < 0).any(axis=1) | (ttl < 0).any(axis=1)
+        uncovered = rows[bad]
+        if len(uncovered):
+            good = ~bad
+            rows, msg, ttl = rows[good], msg[good], ttl[good]
+            severity = severity[good] if isinstance(severity, np.ndarray) else severity
+            rec = rec[good] if isinstance(rec, np.ndarray) else rec
+        self.messages.append((rows, msg))
+        self.titles.append((rows, ttl))
+        self.severity[rows] = severity
+        self.rec[rows] = rec
+        return uncovered
+
+    def add_recs(self, lists: pl.Series) -> int:
+        """Index of the first of `lists` (List[String]) among the call's recommendation lists."""
+        first = self.n_recs
+        self.recs.append(lists.cast(pl.List(pl.String)))
+        self.n_recs += len(lists)
+        return first
+
+    def per_row(self, rows: np.ndarray) -> None:
+        """Texts of `rows` from the per-row functions (they raise as they always did)."""
+        messages, titles, severities, recs = [], [], [], []
+        extra: list[list[str]] = []
+        subset = self.frame.select(FIRED_COLUMNS)[rows]
+        for row in subset.iter_rows(named=True):
+            evidence = _evidence_of(row)
+            title, message, rec_list = alert_text(row["rule"], evidence, row)
+            messages.append(message)
+            titles.append(title)
+            severities.append(_SEVERITY_CODE[severity(row["rule"], evidence)])
+            rec = _REC_ID.get(tuple(rec_list))
+            if rec is None:
+                rec = self.n_recs + len(extra)
+                extra.append(rec_list)
+            recs.append(rec)
+        if extra:
+            self.add_recs(pl.Series(extra, dtype=pl.List(pl.String)))
+        msg = self.strings(pl.Series(messages, dtype=pl.String))
+        ttl = self.strings(pl.Series(titles, dtype=pl.String))
+        self.messages.append((rows, msg[:, None]))
+        self.titles.append((rows, ttl[:, None]))
+        self.severity[rows] = severities
+        self.rec[rows] = recs
+
+    def texts(self, placed: list[tuple[np.ndarray, np.ndarray]], pool: pl.Series) -> pl.Series:
+        width = max(p.shape[1] for _, p in placed)
+        matrix = np.full((self.n, width), _EMPTY, np.int64)
+        for rows, pieces in placed:
+            matrix[rows, : pieces.shape[1]] = pieces
+        gathered = pool.gather(matrix.reshape(-1))
+        return gathered.reshape((self.n, width)).arr.join("")
+
+    def columns(self) -> list[pl.Series]:
+        """title, message, severity, recommendations: one per row of the frame."""
+        words = list(self.literals) + [""] * (_LITERALS - len(self.literals))
+        words_series = pl.Series(words, dtype=pl.String)
+        pool = pl.concat([self.tables.pool, words_series, *self.parts], rechunk=True)
+        return [
+            self.texts(self.titles, pool).alias("title"),
+            self.texts(self.messages, pool).alias("message"),
+            _SEVERITIES.gather(self.severity).alias("severity"),
+            pl.concat(self.recs, rechunk=True).gather(self.rec).alias("recommendations"),
+        ]
+
+
+_SEVERITIES = pl.Series(["high", "medium", "low"], dtype=pl.String)
+_SEVERITY_CODE = {s: i for i, s in enumerate(_SEVERITIES.to_list())}
+_HIGH, _MEDIUM = _SEVERITY_CODE["high"], _SEVERITY_CODE["medium"]
+
+#: every fixed list of recommendations; rows carry an index into these (plus, per call, the
+#: lists that name a skill or were made per row) until the very end
+_REC_TABLE: tuple[tuple[str, ...], ...] = (
+    _STRUGGLING_RECS,
+    _LOW_PERF_RECS_NO_SKILL,
+    _INACTIVITY_RECS,
+    _LOW_CONSISTENCY_RECS,
+    _STREAK_RECS,
+    _PERFORMANCE_RECS,
+    _HIGH_ACTIVITY_RECS,
+    _LOW_ACTIVITY_RECS,
+    _COHORT_RECS,
+)
+_REC_ID = {recs: i for i, recs in enumerate(_REC_TABLE)}
+_REC_SERIES = pl.Series([list(r) for r in _REC_TABLE], dtype=pl.List(pl.String))
 
 _F64 = pl.Float64()
 _STR = pl.String()
@@ -503,270 +699,223 @@ _DEFAULTED = {
     "low_consistency": ("threshold",),
 }
 
-Exprs = tuple[pl.Expr, pl.Expr, pl.Expr]
 
+class _Evidence:
+    """The decoded evidence of one rule's rows: numbers as float64 (NaN for null)."""
 
-class _Batch:
-    """What the rules of one `build_alerts` call share.
-
-    Numbers to format, by kind, for every rule at once: each `_fmt_*` call costs ~0.2 ms
-    whatever its length, so the ~40 columns of a call are formatted in a handful of calls.
-    And the recommendation lists: `_REC_TABLE` plus the lists added here (those naming a
-    skill, those made per row); rows hold an index into them.
-    """
-
-    def __init__(self) -> None:
-        self.pending: dict[str, tuple[Callable[[pl.Series], pl.Series], list[pl.Series]]] = {}
-        self.done: dict[str, pl.Series] = {}
-        self.names = 0
-        self.recs: list[pl.Series] = [_REC_SERIES]
-        self.n_recs = len(_REC_SERIES)
-
-    def add_recs(self, lists: pl.Series) -> int:
-        """Index of the first of `lists` (List[String]) in `rec_table()`."""
-        first = self.n_recs
-        self.recs.append(lists.cast(pl.List(pl.String)))
-        self.n_recs += len(lists)
-        return first
-
-    def rec_table(self) -> pl.Series:
-        return pl.concat(self.recs, rechunk=True)
-
-    def name(self) -> str:
-        self.names += 1
-        return f"_f{self.names}"
-
-    def request(self, kind: str, fmt: Callable[[pl.Series], pl.Series], values: pl.Series) -> str:
-        name = self.name()
-        self.pending.setdefault(kind, (fmt, []))[1].append(values.alias(name))
-        return name
-
-    def run(self) -> None:
-        for fmt, batch in self.pending.values():
-            texts = fmt(pl.concat(batch, rechunk=True))
-            start = 0
-            for values in batch:
-                self.done[values.name] = texts.slice(start, len(values)).alias(values.name)
-                start += len(values)
-        self.pending.clear()
-
-
-class _Work:
-    """The decoded rows of one rule plus formatted columns, for the text expressions.
-
-    `num`, `z`, `duration` and `days` ask `batch` to format a field (or a Series) and return
-    a reference to the column that `frame()` holds once the batch has run. Evidence field `k`
-    is column `ev.k`.
-    """
-
-    def __init__(self, rows: pl.DataFrame, batch: _Batch) -> None:
+    def __init__(self, rows: np.ndarray, fields: pl.DataFrame) -> None:
         self.rows = rows
-        self.batch = batch
-        self.cols: list[pl.Series] = []
-        self.formatted: list[str] = []
+        self.fields = dict(zip(fields.columns, fields.get_columns(), strict=True))
 
-    def field(self, key: str) -> pl.Series:
-        return self.rows[f"ev.{key}"]
+    def num(self, key: str, default: float | None = None) -> np.ndarray:
+        values = self.fields[key].to_numpy().astype(np.float64, copy=False)
+        return values if default is None else np.where(np.isnan(values), default, values)
 
-    def add(self, series: pl.Series) -> pl.Expr:
-        name = self.batch.name()
-        self.cols.append(series.alias(name))
-        return pl.col(name)
-
-    def _later(
-        self, kind: str, fmt: Callable[[pl.Series], pl.Series], values: pl.Series
-    ) -> pl.Expr:
-        name = self.batch.request(kind, fmt, values)
-        self.formatted.append(name)
-        return pl.col(name)
-
-    def num(self, x: str | pl.Series, digits: int = 1, default: float | None = None) -> pl.Expr:
-        values = self.field(x) if isinstance(x, str) else x
-        if default is not None:
-            values = values.fill_null(default)
-        return self._later(f"num{digits}", partial(_fmt_num, digits=digits), values)
-
-    def z(self, key: str) -> pl.Expr:
-        return self._later("z", _fmt_z, self.field(key))
-
-    def duration(self, key: str) -> pl.Expr:
-        return self._later("duration", _fmt_duration, self.field(key))
-
-    def days(self, key: str) -> pl.Expr:
-        """`_days`: `1 day`, `3 days`, `n/a days`."""
-        n = self.field(key)
-        unit = _DAY_UNITS.gather((n == 1).fill_null(False).cast(pl.UInt8))
-        return _cat(self.num(n), self.add(unit))
-
-    def frame(self) -> pl.DataFrame:
-        return self.rows.hstack(self.cols + [self.batch.done[n] for n in self.formatted])
+    def text(self, key: str) -> pl.Series:
+        return self.fields[key]
 
 
-_DAY_UNITS = pl.Series([" days", " day"], dtype=pl.String)
+Texts = tuple[list[Piece], list[Piece], Piece]  # message, title, recommendations
 
 
-def _ev(key: str) -> pl.Expr:
-    return pl.col(f"ev.{key}")
+def _struggling_x(c: _Call, ev: _Evidence) -> Texts:
+    message: list[Piece] = [
+        c.num(ev.num("below")),
+        c.lit(" of the last "),
+        c.num(ev.num("count")),
+        c.lit(" scores in "),
+        c.num(ev.num("window_hours", 24.0)),
+        c.lit(" h were below "),
+        c.num(ev.num("threshold", 60.0)),
+        c.lit(": "),
+        *c.num_lists(ev.text("scores")),
+        c.lit("."),
+    ]
+    return message, [c.lit(_STRUGGLING_TITLE)], _REC_ID[_STRUGGLING_RECS]
 
 
-_DATE = pl.col("date").cast(pl.String).fill_null("None")
-
-
-def _struggling_x(w: _Work) -> Exprs:
-    message = _cat(
-        w.num("below"),
-        " of the last ",
-        w.num("count"),
-        " scores in ",
-        w.num("window_hours", default=24.0),
-        " h were below ",
-        w.num("threshold", default=60.0),
-        ": ",
-        w.add(_fmt_num_lists(w.field("scores"))),
-        ".",
+def _low_performance_x(c: _Call, ev: _Evidence) -> Texts:
+    skill = ev.text("skill").cast(pl.String)
+    skill_arrow = skill.to_arrow()
+    # (no Python scalars in pyarrow calls: converting one imports modules, every time)
+    lengths = pc.utf8_length(skill_arrow).to_numpy(zero_copy_only=False)
+    has_skill = np.nan_to_num(lengths.astype(np.float64)) > 0
+    skill_text = c.strings(skill)  # a null is never used: has_skill is False there
+    where = [np.where(has_skill, c.lit(" in "), _EMPTY), np.where(has_skill, skill_text, _EMPTY)]
+    values, lengths, starts = _elements(ev.text("scores"))
+    last = max(len(values) - 1, 0)
+    first = np.where(lengths > 0, values[np.minimum(starts, last)] if len(values) else 0, np.nan)
+    second = np.where(
+        lengths > 1, values[np.minimum(starts + 1, last)] if len(values) else 0, np.nan
     )
-    return _lit(_STRUGGLING_TITLE), message, _rec(_STRUGGLING_RECS)
+    message: list[Piece] = [
+        c.lit("The last 2 assessments"),
+        *where,
+        c.lit(" scored "),
+        c.num(first),
+        c.lit(" and "),
+        c.num(second),
+        c.lit(", both below "),
+        c.num(ev.num("threshold", 60.0)),
+        c.lit("."),
+    ]
+    rec: Piece = _REC_ID[_LOW_PERF_RECS_NO_SKILL]
+    if has_skill.any():
+        first_list = c.add_recs(_skill_recs(skill_arrow.filter(pa.array(has_skill))))
+        rec = np.where(has_skill, first_list + np.cumsum(has_skill) - 1, rec)
+    return message, [c.lit(_LOW_PERF_TITLE), *where], rec
 
 
-def _low_performance_x(w: _Work) -> Exprs:
-    scores = w.field("scores")
-    skill = _ev("skill")
-    has_skill = (skill.is_not_null() & (skill != "")).fill_null(False)
-    where = pl.when(has_skill).then(_cat(" in ", skill)).otherwise(_lit(""))
-    message = _cat(
-        "The last 2 assessments",
-        where,
-        " scored ",
-        w.num(scores.list.get(0, null_on_oob=True)),
-        " and ",
-        w.num(scores.list.get(1, null_on_oob=True)),
-        ", both below ",
-        w.num("threshold", default=60.0),
-        ".",
+def _skill_recs(skills: pa.Array) -> pl.Series:
+    """The low_performance recommendations that name each skill (List[String])."""
+    text = skills.type
+
+    def around(before: str, after: str) -> pa.Array:
+        words = pa.scalar(before, text), pa.scalar(after, text)
+        return pc.binary_join_element_wise(words[0], skills, words[1], pa.scalar("", text))
+
+    k = len(skills)
+    recs = pa.concat_arrays(
+        [
+            around("Review the fundamentals of ", " with the learner"),
+            around("Assign targeted practice on ", " before the next assessment"),
+            pa.array([_LOW_PERF_LAST_REC] * k, text),
+        ]
     )
-    recs = _rec(_LOW_PERF_RECS_NO_SKILL)
-    named = w.rows.filter(has_skill)
-    if named.height:
-        lists = named.select(
-            _str_list(
-                _cat("Review the fundamentals of ", skill, " with the learner"),
-                _cat("Assign targeted practice on ", skill, " before the next assessment"),
-                _LOW_PERF_LAST_REC,
-            )
-        ).to_series()
-        first = w.batch.add_recs(lists)
-        nth = has_skill.cum_sum().cast(pl.Int64)
-        recs = pl.when(has_skill).then(first - 1 + nth).otherwise(recs)
-    return _cat(_LOW_PERF_TITLE, where), message, recs
+    interleaved = recs.take(np.arange(3 * k).reshape(3, k).T.reshape(-1))
+    offsets = pa.array(np.arange(0, 3 * k + 1, 3), pa.int64())
+    return pl.Series(pa.LargeListArray.from_arrays(offsets, interleaved))
 
 
-def _inactivity_x(label: str) -> Callable[[_Work], Exprs]:
-    def exprs(w: _Work) -> Exprs:
-        days = w.days("inactive_days")
-        last = _ev("last_active_day").fill_null("None")
-        message = _cat("No completions for ", days, " since the last active day, ", last, ".")
-        title = _cat(label, ": ", days, " without a completion")
-        return title, message, _rec(_INACTIVITY_RECS)
+def _inactivity_x(label: str) -> Callable[[_Call, _Evidence], Texts]:
+    def texts(c: _Call, ev: _Evidence) -> Texts:
+        days = c.days(ev.num("inactive_days"))
+        last = c.strings(_or_none(ev.text("last_active_day")))
+        message: list[Piece] = [
+            c.lit("No completions for "),
+            *days,
+            c.lit(" since the last active day, "),
+            last,
+            c.lit("."),
+        ]
+        title = [c.lit(f"{label}: "), *days, c.lit(" without a completion")]
+        return message, title, _REC_ID[_INACTIVITY_RECS]
 
-    return exprs
-
-
-def _low_consistency_x(w: _Work) -> Exprs:
-    message = _cat(
-        "Active on ",
-        w.num("active_days_7d"),
-        " of the last 7 days (consistency ",
-        w.num("consistency_7d", 2),
-        ", below ",
-        w.num("threshold", 2, default=0.5),
-        ").",
-    )
-    return _lit(_LOW_CONSISTENCY_TITLE), message, _rec(_LOW_CONSISTENCY_RECS)
+    return texts
 
 
-def _streak_broken_x(w: _Work) -> Exprs:
-    streak = w.num("streak")
-    last = _ev("last_active_day").fill_null("None")
-    message = _cat("A ", streak, "-day streak ended: no completion since ", last, ".")
-    return _cat(streak, "-day streak broken"), message, _rec(_STREAK_RECS)
+def _low_consistency_x(c: _Call, ev: _Evidence) -> Texts:
+    message: list[Piece] = [
+        c.lit("Active on "),
+        c.num(ev.num("active_days_7d")),
+        c.lit(" of the last 7 days (consistency "),
+        c.num(ev.num("consistency_7d"), 2),
+        c.lit(", below "),
+        c.num(ev.num("threshold", 0.5), 2),
+        c.lit(")."),
+    ]
+    return message, [c.lit(_LOW_CONSISTENCY_TITLE)], _REC_ID[_LOW_CONSISTENCY_RECS]
 
 
-def _baseline_x(w: _Work, fmt: Callable[[str], pl.Expr]) -> pl.Expr:
-    std, floor = _ev("std"), _ev("floor")
-    std_text = fmt("std")
-    spread = (
-        pl.when(floor.is_not_null() & (std.is_null() | (std < floor)))
-        .then(_cat("std ", std_text, ", floor ", fmt("floor")))
-        .otherwise(_cat("std ", std_text))
-    )
-    history = w.days("history_days")
-    return _cat("a mean of ", fmt("mean"), " (", spread, ") over the previous ", history)
+def _streak_broken_x(c: _Call, ev: _Evidence) -> Texts:
+    streak = c.num(ev.num("streak"))
+    last = c.strings(_or_none(ev.text("last_active_day")))
+    message: list[Piece] = [
+        c.lit("A "),
+        streak,
+        c.lit("-day streak ended: no completion since "),
+        last,
+        c.lit("."),
+    ]
+    return message, [streak, c.lit("-day streak broken")], _REC_ID[_STREAK_RECS]
 
 
-def _anomaly_x(rule: str) -> Callable[[_Work], Exprs]:
-    def exprs(w: _Work) -> Exprs:
-        metric = w.field("metric")
-        metric = pl.select(
-            pl.when(metric.is_null() | (metric == ""))
-            .then(_lit(_ANOMALY_METRIC[rule]))
-            .otherwise(metric)
-        ).to_series()
-        is_duration = metric == "time_spent_s"
+def _baseline_x(c: _Call, ev: _Evidence, fmt: Callable[[np.ndarray], np.ndarray]) -> list[Piece]:
+    """`a mean of 3.1 (std 1.2, floor 1) over the previous 21 days` (floor when it applied)."""
+    std, floor = ev.num("std"), ev.num("floor")
+    floored = ~np.isnan(floor) & (np.isnan(std) | (std < floor))
+    return [
+        c.lit("a mean of "),
+        fmt(ev.num("mean")),
+        c.lit(" (std "),
+        fmt(std),
+        np.where(floored, c.lit(", floor "), _EMPTY),
+        np.where(floored, fmt(floor), _EMPTY),
+        c.lit(") over the previous "),
+        *c.days(ev.num("history_days")),
+    ]
 
-        def fmt(key: str) -> pl.Expr:
+
+def _anomaly_x(rule: str) -> Callable[[_Call, _Evidence], Texts]:
+    def texts(c: _Call, ev: _Evidence) -> Texts:
+        raw = ev.text("metric")
+        code = _codes(raw, _METRIC_ENUM)  # "" and null: the rule's metric
+        code = np.where(code == _METRIC_CODE[""], _METRIC_CODE[_ANOMALY_METRIC[rule]], code)
+        if raw.null_count():
+            code[raw.is_null().to_numpy()] = _METRIC_CODE[_ANOMALY_METRIC[rule]]
+        is_duration = code == _METRIC_CODE["time_spent_s"]
+        labels = np.array([c.lit(text) for text in _METRIC_LABEL.values()] + [_EMPTY])
+        label = labels[code]
+        if (code < 0).any():  # any other metric names itself
+            label = np.where(code < 0, c.strings(raw), label)
+
+        def fmt(values: np.ndarray) -> np.ndarray:
             if not is_duration.any():
-                return w.num(key)
-            duration = w.duration(key)
+                return c.num(values)
             if is_duration.all():
-                return duration
-            return pl.when(w.add(is_duration)).then(duration).otherwise(w.num(key))
+                return c.duration(values)
+            return np.where(is_duration, c.duration(values), c.num(values))
 
-        z = _ev("z")
-        message = _cat(
-            w.add(metric.replace(_METRIC_LABEL)),
-            " on ",
-            _DATE,
-            ": ",
-            fmt("value"),
-            ", against ",
-            _baseline_x(w, fmt),
-            " (z = ",
-            w.z("z"),
-            ").",
-        )
+        z = ev.num("z")
+        message: list[Piece] = [
+            label,
+            c.lit(" on "),
+            c.dates(ev.rows),
+            c.lit(": "),
+            fmt(ev.num("value")),
+            c.lit(", against "),
+            *_baseline_x(c, ev, fmt),
+            c.lit(" (z = "),
+            c.z(z),
+            c.lit(")."),
+        ]
         title = _ANOMALY_TITLE[rule]
         if rule == "anomaly_performance":
-            return _lit(title), message, _rec(_PERFORMANCE_RECS)
-        high = z > 0
+            return message, [c.lit(title)], _REC_ID[_PERFORMANCE_RECS]
+        high = z > 0  # NaN: False
         return (
-            pl.when(high)
-            .then(_lit(title.replace("Unusual", "Unusually high")))
-            .otherwise(_lit(title.replace("Unusual", "Unusually low"))),
             message,
-            pl.when(high).then(_rec(_HIGH_ACTIVITY_RECS)).otherwise(_rec(_LOW_ACTIVITY_RECS)),
+            [
+                np.where(
+                    high,
+                    c.lit(title.replace("Unusual", "Unusually high")),
+                    c.lit(title.replace("Unusual", "Unusually low")),
+                )
+            ],
+            np.where(high, _REC_ID[_HIGH_ACTIVITY_RECS], _REC_ID[_LOW_ACTIVITY_RECS]),
         )
 
-    return exprs
+    return texts
 
 
-def _cohort_drop_x(w: _Work) -> Exprs:
-    message = _cat(
-        "Cohort ",
-        pl.col("cohort_id").cast(pl.String).fill_null("None"),
-        " had ",
-        w.num("active_users"),
-        " active learners on ",
-        _DATE,
-        ", against ",
-        _baseline_x(w, w.num),
-        " (z = ",
-        w.z("z"),
-        ").",
-    )
-    return _lit(_COHORT_TITLE), message, _rec(_COHORT_RECS)
+def _cohort_drop_x(c: _Call, ev: _Evidence) -> Texts:
+    message: list[Piece] = [
+        c.lit("Cohort "),
+        c.cohorts(ev.rows),
+        c.lit(" had "),
+        c.num(ev.num("active_users")),
+        c.lit(" active learners on "),
+        c.dates(ev.rows),
+        c.lit(", against "),
+        *_baseline_x(c, ev, c.num),
+        c.lit(" (z = "),
+        c.z(ev.num("z")),
+        c.lit(")."),
+    ]
+    return message, [c.lit(_COHORT_TITLE)], _REC_ID[_COHORT_RECS]
 
 
-_TEXTS_X: dict[str, Callable[[_Work], Exprs]] = {
+_TEXTS_X: dict[str, Callable[[_Call, _Evidence], Texts]] = {
     "struggling": _struggling_x,
     "low_performance": _low_performance_x,
     "engagement_drop": _inactivity_x(_INACTIVITY_LABEL["engagement_drop"]),
@@ -779,14 +928,6 @@ _TEXTS_X: dict[str, Callable[[_Work], Exprs]] = {
     "cohort_engagement_drop": _cohort_drop_x,
 }
 
-_TEXT_SCHEMA = {
-    "severity": pl.String(),
-    "title": pl.String(),
-    "message": pl.String(),
-    # index into the recommendation lists of the call (`_Batch.rec_table`)
-    "rec": pl.Int64(),
-}
-
 
 def _evidence_of(row: dict[str, Any]) -> Evidence:
     evidence = orjson.loads(row["evidence"]) if row["evidence"] else {}
@@ -795,124 +936,49 @@ def _evidence_of(row: dict[str, Any]) -> Evidence:
     return evidence
 
 
-def _texts_per_row(rows: pl.DataFrame, batch: _Batch) -> pl.DataFrame:
-    """`_row` and the text columns, one Python call per row (the exact reference path)."""
-    out: dict[str, list[Any]] = {c: [] for c in _TEXT_SCHEMA}
-    extra: list[list[str]] = []
-    for row in rows.select(FIRED_COLUMNS).iter_rows(named=True):
-        evidence = _evidence_of(row)
-        title, message, recs = alert_text(row["rule"], evidence, row)
-        out["severity"].append(severity(row["rule"], evidence))
-        out["title"].append(title)
-        out["message"].append(message)
-        rec = _REC_ID.get(tuple(recs))
-        if rec is None:
-            rec = batch.n_recs + len(extra)
-            extra.append(recs)
-        out["rec"].append(rec)
-    if extra:
-        batch.add_recs(pl.Series(extra, dtype=pl.List(pl.String)))
-    return rows.select("_row").hstack(pl.DataFrame(out, schema=_TEXT_SCHEMA))
+def _rule_texts(c: _Call, rule: str, rows: np.ndarray, evidence: pl.Series) -> None:
+    """Texts of the rows of one rule (`evidence`: theirs, "{}" for null): columnar, except the
+    rows `_Call.place` or this function hands to `_Call.per_row`.
 
-
-class _RuleTexts:
-    """The texts of one rule's rows: built columnar, except for `per_row` (see `prepare`)."""
-
-    def __init__(self, rule: str, rows: pl.DataFrame, batch: _Batch) -> None:
-        self.rule = rule
-        self.rows = rows
-        self.work: _Work | None = None
-        self.per_row: pl.DataFrame | None = None
-        self.exprs: Exprs | None = None
-        self.batch = batch
-        self.prepare(batch)
-
-    def prepare(self, batch: _Batch) -> None:
-        """Decode the evidence and ask `batch` for the numbers the texts need.
-
-        Evidence that does not decode to the rule's types (malformed JSON, not an object, a
-        string where a number goes) sends the whole rule per row, which raises or formats
-        exactly as before; so do single rows with a number beyond `_FAST_LIMIT` or an
-        explicit null under a defaulted key.
-        """
-        rule, rows = self.rule, self.rows
-        types = _EVIDENCE_TYPES[rule]
-        raw = pl.col("evidence")
-        text = pl.when(raw.is_null() | (raw == "")).then(_lit("{}")).otherwise(raw)
-        try:
-            decoded = rows.select(
-                "_row",
-                "date",
-                "cohort_id",
-                text.str.json_decode(pl.Struct(types)).alias("_ev"),
-                raw,
-            )
-        except pl.exceptions.PolarsError:
-            self.per_row = rows
-            return
-        field = pl.col("_ev").struct.field
-        numbers = [field(k).abs() for k, t in types.items() if t == _F64]
-        numbers += [
-            field(k).list.eval(pl.element().abs()).list.max()
-            for k, t in types.items()
-            if t == _SCORES
-        ]
-        per_row = pl.col("_ev").is_null()  # the JSON literal null
-        per_row |= (pl.max_horizontal(numbers) >= _FAST_LIMIT).fill_null(False)
-        for key in _DEFAULTED.get(rule, ()):
-            # null and written (perhaps elsewhere: then per row needlessly, still exact)
-            written = raw.str.contains(f'"{key}"', literal=True).fill_null(False)
-            per_row |= field(key).is_null() & written
-        decoded = decoded.select(
-            "_row",
-            "date",
-            "cohort_id",
-            pl.col("_ev").struct.field(*types).name.prefix("ev."),
-            per_row.alias("_per_row"),
-        )
-        slow = decoded["_per_row"]
-        if slow.any():
-            self.per_row = rows.filter(slow)
-            decoded = decoded.filter(~slow)
-        self.work = _Work(decoded.drop("_per_row"), batch)
-        self.exprs = _TEXTS_X[rule](self.work)
-
-    def finish(self) -> list[pl.DataFrame]:
-        """`_row` and the text columns (once the batch has run)."""
-        out = []
-        if self.work is not None and self.exprs is not None:
-            title, message, recs = self.exprs
-            sev = (
-                pl.when(_ev("z").abs() >= HIGH_SEVERITY_ABS_Z)
-                .then(_lit("high"))
-                .otherwise(_lit("medium"))
-                if self.rule in Z_RULES
-                else _lit(FIXED_SEVERITY[self.rule])
-            )
-            out.append(
-                self.work.frame().select(
-                    "_row",
-                    sev.alias("severity"),
-                    title.alias("title"),
-                    message.alias("message"),
-                    recs.cast(pl.Int64).alias("rec"),
-                )
-            )
-        if self.per_row is not None:
-            out.append(_texts_per_row(self.per_row, self.batch))
-        return out
-
-
-def _check_rows(frame: pl.DataFrame, subject: pl.Expr) -> None:
-    """Raise for the first row with no subject or an unknown rule (bugs in a rule)."""
-    known = pl.col("rule").is_in(sorted(RULES)).fill_null(False)
-    bad = frame.select(no_subject=subject.is_null(), unknown=~known)
-    rows = bad.select((pl.col("no_subject") | pl.col("unknown")).arg_true()).to_series()
-    if rows.is_empty():
+    Evidence that does not decode to the rule's types (malformed JSON, not an object, a
+    string where a number goes) sends all the rule's rows per row, which raises or formats
+    exactly as before; so do rows that are the JSON literal null or have an explicit null
+    under a defaulted key.
+    """
+    types = _EVIDENCE_TYPES[rule]
+    try:
+        decoded = evidence.str.json_decode(pl.Struct(types))
+    except pl.exceptions.PolarsError:
+        c.per_row(rows)
         return
-    first = int(rows[0])
+    fields = decoded.struct.unnest()
+    slow = np.zeros(len(rows), bool)
+    if decoded.null_count():  # the JSON literal null
+        slow |= decoded.is_null().to_numpy()
+    for key in _DEFAULTED.get(rule, ()):
+        if fields[key].null_count():  # null and written (perhaps elsewhere: needlessly)
+            written = evidence.str.contains(f'"{key}"', literal=True).to_numpy()
+            slow |= fields[key].is_null().to_numpy() & written
+    if slow.any():
+        c.per_row(rows[slow])
+        rows, fields = rows[~slow], fields.filter(pl.Series(~slow))
+    if not len(rows):
+        return
+    ev = _Evidence(rows, fields)
+    message, title, rec = _TEXTS_X[rule](c, ev)
+    sev: Piece = _SEVERITY_CODE[FIXED_SEVERITY[rule]] if rule in FIXED_SEVERITY else _MEDIUM
+    if rule in Z_RULES:
+        sev = np.where(np.abs(ev.num("z")) >= HIGH_SEVERITY_ABS_Z, _HIGH, _MEDIUM)
+    uncovered = c.place(rows, message, title, sev, rec)
+    if len(uncovered):
+        c.per_row(uncovered)
+
+
+def _check_rows(frame: pl.DataFrame, bad: np.ndarray, no_subject: np.ndarray) -> None:
+    """Raise for the first row with no subject or an unknown rule (bugs in a rule)."""
+    first = int(np.argmax(bad))
     row = frame.row(first, named=True)
-    if bad["no_subject"][first]:
+    if no_subject[first]:
         raise ValueError(f"{row['rule']} alert without a subject (trigger {row['trigger']!r})")
     raise ValueError(f"unknown alert rule {row['rule']!r}; known: {', '.join(sorted(RULES))}")
 
@@ -952,33 +1018,50 @@ def build_alerts(fired: pl.DataFrame, *, emitted_at_us: int) -> pl.DataFrame:
         raise ValueError(f"fired rows lack columns {missing}; expected {list(FIRED_COLUMNS)}")
     if fired.is_empty():
         return ALERTS.empty()
-    frame = fired.select(FIRED_COLUMNS).with_row_index("_row")
-    rule = pl.col("rule")
+    frame = fired if fired.columns == list(FIRED_COLUMNS) else fired.select(FIRED_COLUMNS)
+    rule, evidence = pl.col("rule"), pl.col("evidence")
     subject = (
         pl.when(rule.is_in(sorted(COHORT_RULES)))
         .then(pl.col("cohort_id"))
         .otherwise(pl.col("user_key"))
         .cast(pl.String)
     )
-    _check_rows(frame, subject)
-
-    batch = _Batch()
-    rules = [
-        _RuleTexts(str(key[0]), rows, batch)
-        for key, rows in frame.partition_by("rule", as_dict=True, maintain_order=True).items()
-    ]
-    batch.run()
-    texts = pl.concat([part for r in rules for part in r.finish()]).sort("_row")
     trigger = pl.col("trigger").cast(pl.String).fill_null("None")
-    keys = frame.select(pl.concat_str([rule, subject, trigger], separator="|")).to_series()
-    out = frame.hstack(texts.drop("_row", "rec")).with_columns(
-        _alert_ids(keys),
-        batch.rec_table().gather(texts["rec"]).alias("recommendations"),
-        emitted_at=pl.lit(emitted_at_us, pl.Int64).cast(pl.Datetime("us", "UTC")),
+    rows = frame.select(
+        no_subject=subject.is_null(),
+        key=pl.concat_str([rule, subject, trigger], separator="|"),
+        # orjson.loads is skipped for "" and null: an empty object
+        evidence=pl.when(evidence.is_null() | (evidence == ""))
+        .then(pl.lit("{}"))
+        .otherwise(evidence),
     )
+    code = _codes(frame["rule"], _RULE_ENUM)
+    no_subject = rows["no_subject"].to_numpy()
+    bad = no_subject | (code < 0)
+    if bad.any():
+        _check_rows(frame, bad, no_subject)
+
+    call = _Call(frame)
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(len(_RULE_ORDER) + 1))
+    grouped = rows["evidence"].gather(order)
+    for i, name in enumerate(_RULE_ORDER):
+        start, end = int(bounds[i]), int(bounds[i + 1])
+        if start < end:
+            _rule_texts(call, name, order[start:end], grouped.slice(start, end - start))
+    emitted = pl.Series("emitted_at", [emitted_at_us], pl.Int64).cast(pl.Datetime("us", "UTC"))
+    made = {s.name: s for s in [_alert_ids(rows["key"]), *call.columns()]}
+    made["emitted_at"] = emitted.new_from_index(0, frame.height)
+    out = pl.DataFrame([made[c] if c in made else frame[c] for c in ALERTS.columns])
+    if out.schema != ALERTS.schema:
+        out = ALERTS.conform(out)
     if out["alert_id"].n_unique() < out.height:
         out = out.filter(pl.col("alert_id").is_first_distinct())
-    return ALERTS.conform(out)
+    return out
+
+
+_RULE_ORDER = sorted(RULES)
+_RULE_ENUM = pl.Enum(_RULE_ORDER)
 
 
 __all__ = ["RULES", "alert_id", "alert_text", "build_alerts", "severity"]
