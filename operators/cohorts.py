@@ -266,7 +266,8 @@ class CohortAggregator:
         self, day: date, rows: pl.DataFrame, alerts: pl.DataFrame
     ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         """One date: aggregate, evaluate the cohort rule, count alerts. Vectorised over keys."""
-        rows = rows.unique(subset=["user_key"], keep="last", maintain_order=True)
+        # sorted: float sums must not depend on arrival order (which varies with worker counts)
+        rows = rows.unique(subset=["user_key"], keep="last", maintain_order=True).sort("user_key")
 
         in_cohort = rows.filter(pl.col("cohort_id").is_not_null())
         cohort_org = (
