@@ -223,6 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_summary(spec.out_dir, spec.run_id)
     except Exception as exc:
+        from learnstream.runner import WorkerFailed
+
+        if isinstance(exc, WorkerFailed):
+            print(f"learnstream run: {exc}", file=sys.stderr)
+            return 1
         delivery = _delivery_error(exc)
         if delivery is None:
             raise
