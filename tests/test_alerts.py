@@ -344,7 +344,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 ties = st.integers(-(10**6), 10**6).map(lambda i: i / 200)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(finite, ties), min_size=1, max_size=40))
 def test_number_formatting_equals_reference(values: list[float]) -> None:
     rows = []
