@@ -124,9 +124,9 @@ def make_workload(n: int, rate: float, start: float, tag: str, probe_every: int,
     )
     out = frame.select(key=pl.col("user_id").cast(pl.Binary), value=value.cast(pl.Binary))
     fires = np.nonzero(probe & (position == 2))[0]
-    users = frame["user_id"].to_list()
-    events = frame["event_id"].to_list()
-    triggers = {int(i): alert_id(users[i], events[i]) for i in fires}
+    user_ids = frame["user_id"].to_list()
+    event_ids = frame["event_id"].to_list()
+    triggers = {int(i): alert_id(user_ids[i], event_ids[i]) for i in fires}
     return Workload(out["key"].to_list(), out["value"].to_list(), triggers)
 
 
@@ -143,8 +143,9 @@ def consume_alerts(bootstrap: str, topic: str, partitions: int, out: Any, stop: 
     while not stop.is_set():
         msg = consumer.poll(0.02)
         now = time.time()
-        if msg is not None and msg.error() is None and msg.value() is not None:
-            pending.append((now, orjson.loads(msg.value())["alert_id"]))
+        value = None if msg is None or msg.error() is not None else msg.value()
+        if value is not None:
+            pending.append((now, orjson.loads(value)["alert_id"]))
         if pending and (msg is None or time.monotonic() - last_put > 0.05):
             out.put(pending)
             pending, last_put = [], time.monotonic()
@@ -427,6 +428,8 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     print()
     print(table(results))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
     for workers in worker_counts:
         ok = [r.offered for r in results if r.workers == workers and r.offered == r.offered and r.sustained]
         cap = [r.capacity for r in results if r.workers == workers and r.capacity == r.capacity]
