@@ -6,7 +6,7 @@
 For each worker count and offered rate: fresh topics, a live `learnstream run --source kafka`
 in a child process, a paced producer (this process) and an alert consumer (another process).
 Events carry the current time as event time. Every `--probe-every`-th event belongs to one of
-200 *probe* learners whose assessments score 90, 40, 40, 90, 40, 40, ...: each second 40 fires
+up to 200 *probe* learners whose assessments score 90, 40, 40, 90, 40, 40, ...: each second 40 fires
 `low_performance` (event-triggered; never `struggling`, as a 90 is always among the last 5).
 Latency = time the alert message is received by the consumer - time the triggering event was
 handed to the producer (`produce()`); the alert_id is known in advance (SPEC §6 formula), so
