@@ -336,9 +336,10 @@ def alert_text(rule: str, evidence: Evidence, row: dict[str, Any]) -> Text:
 # per-row formatters' own output (`_num`, `_z`, `_minutes`) for every value they cover, so
 # only the rounding to a table index is done here, in numpy. A row with a number no table
 # covers (|x| ≥ 1000 with decimals, durations over 100 h, |z| ≥ 1000, …) is built per row,
-# as are rows whose evidence does not decode to the rule's types. A call costs ~15 polars
-# operations plus ~5 per rule present, whatever its size: the pipeline calls it per batch
-# and per closed day, ~110 times per 1M events.
+# as are rows whose evidence does not decode to the rule's types. The numbers of a call are
+# formatted in one pass per kind, after every rule has asked for its own (see `_Where`). A
+# call costs ~15 polars operations plus ~5 per rule present, whatever its size: the
+# pipeline calls it per batch and per closed day, ~110 times per 1M events.
 
 #: table ranges: one-decimal numbers k/10 for |k| ≤ _DEC1, two-decimal k/100 for |k| ≤ _DEC2,
 #: z = ±k/10 for k ≤ _ZMAX, durations: seconds to ±60, minutes to ±_MINUTES
@@ -408,7 +409,25 @@ def _round_abs(a: np.ndarray, scale: int) -> np.ndarray:
     return k
 
 
-Piece = int | np.ndarray
+class _Where:
+    """A piece chosen per row, `then` where `mask` else `otherwise`: number pieces are only
+    filled in when the call formats all its numbers at once, so the choice waits for it."""
+
+    __slots__ = ("mask", "then", "otherwise")
+
+    def __init__(self, mask: np.ndarray, then: Piece, otherwise: Piece) -> None:
+        self.mask, self.then, self.otherwise = mask, then, otherwise
+
+    def resolve(self) -> np.ndarray:
+        return np.where(self.mask, _resolve(self.then), _resolve(self.otherwise))
+
+
+#: a piece of a text for every row of a placement: a pool index, one per row, or a choice
+Piece = int | np.ndarray | _Where
+
+
+def _resolve(piece: Piece) -> int | np.ndarray:
+    return piece.resolve() if isinstance(piece, _Where) else piece
 
 
 def _codes(values: pl.Series, enum: pl.Enum) -> np.ndarray:
@@ -428,7 +447,7 @@ def _stack(pieces: list[Piece], m: int) -> np.ndarray:
     """The pieces of `m` rows as an m × len(pieces) matrix of pool indices."""
     out = np.empty((m, len(pieces)), np.int64)
     for j, piece in enumerate(pieces):
-        out[:, j] = piece
+        out[:, j] = _resolve(piece)
     return out
 
 
@@ -459,6 +478,8 @@ class _Call:
         self.literal_base = len(self.tables.pool)
         self.parts: list[pl.Series] = []
         self.size = self.literal_base + _LITERALS
+        self.requests: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.placed: list[tuple[np.ndarray, list[Piece], list[Piece], Any, Any]] = []
         self.messages: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, pieces m×k)
         self.titles: list[tuple[np.ndarray, np.ndarray]] = []
         self.severity = np.zeros(self.n, np.int64)
@@ -500,8 +521,60 @@ class _Call:
         return self._cohorts + rows
 
     # ------------------------------------------------------------------------- the numbers
+    # `num`, `z` and `duration` return arrays that `_format_numbers` fills in, all numbers of
+    # a kind at once: use them only as pieces (or in `_Where`) until then.
+    def _request(self, kind: str, values: np.ndarray) -> np.ndarray:
+        out = np.empty(len(values), np.int64)
+        self.requests.setdefault(kind, []).append((values, out))
+        return out
+
     def num(self, v: np.ndarray, digits: int = 1) -> np.ndarray:
         """`_num(v, digits)` for digits 1 or 2."""
+        return self._request(f"num{digits}", v)
+
+    def z(self, v: np.ndarray) -> np.ndarray:
+        """`_z(v)`: `+7.1`, `-0.0` (the sign bit decides, as `format()` does)."""
+        return self._request("z", v)
+
+    def duration(self, v: np.ndarray) -> np.ndarray:
+        """`_duration(v)`: seconds below a minute, else `_minutes(round(v / 60))`."""
+        return self._request("duration", v)
+
+    def days(self, v: np.ndarray) -> list[Piece]:
+        """`_days(v)`: `1 day`, `3 days`, `n/a days`."""
+        return [self.num(v), np.where(v == 1, self.lit(" day"), self.lit(" days"))]
+
+    def num_lists(self, lists: pl.Series) -> list[Piece]:
+        """`", ".join(_num(s) for s in scores)` per row (a null list reads as empty); -1 in
+        every piece of a row with more than `_MAX_SCORES` scores."""
+        values, lengths, starts = _elements(lists)
+        too_long = lengths > _MAX_SCORES
+        sep = self.lit(", ")
+        pieces: list[Piece] = []
+        for i in range(min(int(lengths.max(initial=0)), _MAX_SCORES)):
+            has = lengths > i
+            value = values[np.minimum(starts + i, len(values) - 1)]
+            if i:
+                pieces.append(np.where(has, sep, _EMPTY))
+            pieces.append(_Where(too_long, -1, _Where(has, self.num(value), _EMPTY)))
+        return pieces
+
+    def _format_numbers(self) -> None:
+        kinds: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+            "num1": lambda v: self._num_indices(v, 1),
+            "num2": lambda v: self._num_indices(v, 2),
+            "z": self._z_indices,
+            "duration": self._duration_indices,
+        }
+        for kind, requests in self.requests.items():
+            indices = kinds[kind](np.concatenate([values for values, _ in requests]))
+            start = 0
+            for values, out in requests:
+                out[:] = indices[start : start + len(values)]
+                start += len(values)
+        self.requests.clear()
+
+    def _num_indices(self, v: np.ndarray, digits: int) -> np.ndarray:
         scale, limit = (10, _DEC1) if digits == 1 else (100, _DEC2)
         base = self.tables.dec1 if digits == 1 else self.tables.dec2
         a = np.abs(v)
@@ -517,21 +590,17 @@ class _Call:
                 out[big] = self.strings(pl.Series(v[big].astype(np.int64)).cast(pl.String))
         return out
 
-    def z(self, v: np.ndarray) -> np.ndarray:
-        """`_z(v)`: `+7.1`, `-0.0` (the sign bit decides, as `format()` does)."""
-        out = np.full(len(v), -1, np.int64)
-        out[np.isnan(v)] = _NA
+    def _z_indices(self, v: np.ndarray) -> np.ndarray:
         a = np.abs(v)
-        small = a < 1e12
-        k = np.zeros(len(v))
-        k[small] = _round_abs(a[small], 10)
+        small = a < 1e12  # NaN: False
+        k = _round_abs(np.where(small, a, 0.0), 10)
         covered = small & (k <= _ZMAX)
         base = np.where(np.signbit(v), self.tables.zneg, self.tables.zpos)
-        out[covered] = base[covered] + k[covered].astype(np.int64)
+        out = np.where(covered, base + k.astype(np.int64), -1)
+        out[np.isnan(v)] = _NA
         return out
 
-    def duration(self, v: np.ndarray) -> np.ndarray:
-        """`_duration(v)`: seconds below a minute, else `_minutes(round(v / 60))`."""
+    def _duration_indices(self, v: np.ndarray) -> np.ndarray:
         out = np.full(len(v), -1, np.int64)
         out[np.isnan(v)] = _NA
         a = np.abs(v)
@@ -543,50 +612,37 @@ class _Call:
         out[covered] = self.tables.mins + minutes[covered].astype(np.int64)
         return out
 
-    def days(self, v: np.ndarray) -> list[Piece]:
-        """`_days(v)`: `1 day`, `3 days`, `n/a days`."""
-        return [self.num(v), np.where(v == 1, self.lit(" day"), self.lit(" days"))]
-
-    def num_lists(self, lists: pl.Series) -> list[Piece]:
-        """`", ".join(_num(s) for s in scores)` per row (a null list reads as empty); -1 in
-        every piece of a row with more than `_MAX_SCORES` scores."""
-        values, lengths, starts = _elements(lists)
-        texts = self.num(values)
-        too_long = lengths > _MAX_SCORES
-        sep = self.lit(", ")
-        pieces: list[Piece] = []
-        for i in range(min(int(lengths.max(initial=0)), _MAX_SCORES)):
-            has = lengths > i
-            value = np.where(has, texts[np.minimum(starts + i, len(values) - 1)], _EMPTY)
-            if i:
-                pieces.append(np.where(has, sep, _EMPTY))
-            pieces.append(np.where(too_long, -1, value))
-        return pieces
-
     # ---------------------------------------------------------------------------- the rows
     def place(
         self,
         rows: np.ndarray,
         message: list[Piece],
         title: list[Piece],
-        severity: Piece,
-        rec: Piece,
-    ) -> np.ndarray:
-        """Record the texts of `rows`; returns the rows that need per-row texts instead."""
-        msg = _stack(message, len(rows))
-        ttl = _stack(title, len(rows))
-        bad = (msg < 0).any(axis=1) | (ttl < 0).any(axis=1)
-        uncovered = rows[bad]
-        if len(uncovered):
-            good = ~bad
-            rows, msg, ttl = rows[good], msg[good], ttl[good]
-            severity = severity[good] if isinstance(severity, np.ndarray) else severity
-            rec = rec[good] if isinstance(rec, np.ndarray) else rec
-        self.messages.append((rows, msg))
-        self.titles.append((rows, ttl))
-        self.severity[rows] = severity
-        self.rec[rows] = rec
-        return uncovered
+        severity: int | np.ndarray,
+        rec: int | np.ndarray,
+    ) -> None:
+        """Record the texts of `rows` (resolved, and checked for values no table covers, in
+        `columns`)."""
+        self.placed.append((rows, message, title, severity, rec))
+
+    def _resolve_placed(self) -> None:
+        """Rows' pieces as pool indices; rows with an uncovered value go per row."""
+        for rows, message, title, severity, rec in self.placed:
+            msg = _stack(message, len(rows))
+            ttl = _stack(title, len(rows))
+            bad = (msg < 0).any(axis=1) | (ttl < 0).any(axis=1)
+            uncovered = rows[bad]
+            if len(uncovered):
+                good = ~bad
+                rows, msg, ttl = rows[good], msg[good], ttl[good]
+                severity = severity[good] if isinstance(severity, np.ndarray) else severity
+                rec = rec[good] if isinstance(rec, np.ndarray) else rec
+                self.per_row(uncovered)
+            self.messages.append((rows, msg))
+            self.titles.append((rows, ttl))
+            self.severity[rows] = severity
+            self.rec[rows] = rec
+        self.placed.clear()
 
     def add_recs(self, lists: pl.Series) -> int:
         """Index of the first of `lists` (List[String]) among the call's recommendation lists."""
@@ -630,6 +686,8 @@ class _Call:
 
     def columns(self) -> list[pl.Series]:
         """title, message, severity, recommendations: one per row of the frame."""
+        self._format_numbers()
+        self._resolve_placed()
         words = list(self.literals) + [""] * (_LITERALS - len(self.literals))
         words_series = pl.Series(words, dtype=pl.String)
         pool = pl.concat([self.tables.pool, words_series, *self.parts], rechunk=True)
@@ -716,7 +774,7 @@ class _Evidence:
         return self.fields[key]
 
 
-Texts = tuple[list[Piece], list[Piece], Piece]  # message, title, recommendations
+Texts = tuple[list[Piece], list[Piece], int | np.ndarray]  # message, title, recommendations
 
 
 def _struggling_x(c: _Call, ev: _Evidence) -> Texts:
@@ -736,13 +794,19 @@ def _struggling_x(c: _Call, ev: _Evidence) -> Texts:
 
 
 def _low_performance_x(c: _Call, ev: _Evidence) -> Texts:
-    skill = ev.text("skill").cast(pl.String)
-    skill_arrow = skill.to_arrow()
+    # the distinct skills: their words and recommendations are made once per call
+    skills = pc.dictionary_encode(ev.text("skill").cast(pl.String).to_arrow())
+    names = skills.dictionary
+    which = skills.indices.to_numpy(zero_copy_only=False)  # NaN for null
+    which = np.nan_to_num(which.astype(np.float64), nan=-1).astype(np.int64)
     # (no Python scalars in pyarrow calls: converting one imports modules, every time)
-    lengths = pc.utf8_length(skill_arrow).to_numpy(zero_copy_only=False)
-    has_skill = np.nan_to_num(lengths.astype(np.float64)) > 0
-    skill_text = c.strings(skill)  # a null is never used: has_skill is False there
-    where = [np.where(has_skill, c.lit(" in "), _EMPTY), np.where(has_skill, skill_text, _EMPTY)]
+    named = pc.utf8_length(names).to_numpy(zero_copy_only=False) > 0
+    has_skill = (which >= 0) & named[np.maximum(which, 0)] if len(names) else which >= 0
+    skill_text = c.strings(pl.Series(names)) if len(names) else np.zeros(0, np.int64)
+    where = [
+        np.where(has_skill, c.lit(" in "), _EMPTY),
+        np.where(has_skill, skill_text[np.maximum(which, 0)] if len(names) else 0, _EMPTY),
+    ]
     values, lengths, starts = _elements(ev.text("scores"))
     last = max(len(values) - 1, 0)
     first = np.where(lengths > 0, values[np.minimum(starts, last)] if len(values) else 0, np.nan)
@@ -760,10 +824,10 @@ def _low_performance_x(c: _Call, ev: _Evidence) -> Texts:
         c.num(ev.num("threshold", 60.0)),
         c.lit("."),
     ]
-    rec: Piece = _REC_ID[_LOW_PERF_RECS_NO_SKILL]
+    rec: int | np.ndarray = _REC_ID[_LOW_PERF_RECS_NO_SKILL]
     if has_skill.any():
-        first_list = c.add_recs(_skill_recs(skill_arrow.filter(pa.array(has_skill))))
-        rec = np.where(has_skill, first_list + np.cumsum(has_skill) - 1, rec)
+        first_list = c.add_recs(_skill_recs(names))
+        rec = np.where(has_skill, first_list + which, rec)
     return message, [c.lit(_LOW_PERF_TITLE), *where], rec
 
 
@@ -831,7 +895,7 @@ def _streak_broken_x(c: _Call, ev: _Evidence) -> Texts:
     return message, [streak, c.lit("-day streak broken")], _REC_ID[_STREAK_RECS]
 
 
-def _baseline_x(c: _Call, ev: _Evidence, fmt: Callable[[np.ndarray], np.ndarray]) -> list[Piece]:
+def _baseline_x(c: _Call, ev: _Evidence, fmt: Callable[[np.ndarray], Piece]) -> list[Piece]:
     """`a mean of 3.1 (std 1.2, floor 1) over the previous 21 days` (floor when it applied)."""
     std, floor = ev.num("std"), ev.num("floor")
     floored = ~np.isnan(floor) & (np.isnan(std) | (std < floor))
@@ -841,7 +905,7 @@ def _baseline_x(c: _Call, ev: _Evidence, fmt: Callable[[np.ndarray], np.ndarray]
         c.lit(" (std "),
         fmt(std),
         np.where(floored, c.lit(", floor "), _EMPTY),
-        np.where(floored, fmt(floor), _EMPTY),
+        _Where(floored, fmt(floor), _EMPTY),
         c.lit(") over the previous "),
         *c.days(ev.num("history_days")),
     ]
@@ -860,12 +924,12 @@ def _anomaly_x(rule: str) -> Callable[[_Call, _Evidence], Texts]:
         if (code < 0).any():  # any other metric names itself
             label = np.where(code < 0, c.strings(raw), label)
 
-        def fmt(values: np.ndarray) -> np.ndarray:
+        def fmt(values: np.ndarray) -> Piece:
             if not is_duration.any():
                 return c.num(values)
             if is_duration.all():
                 return c.duration(values)
-            return np.where(is_duration, c.duration(values), c.num(values))
+            return _Where(is_duration, c.duration(values), c.num(values))
 
         z = ev.num("z")
         message: list[Piece] = [
@@ -966,12 +1030,12 @@ def _rule_texts(c: _Call, rule: str, rows: np.ndarray, evidence: pl.Series) -> N
         return
     ev = _Evidence(rows, fields)
     message, title, rec = _TEXTS_X[rule](c, ev)
-    sev: Piece = _SEVERITY_CODE[FIXED_SEVERITY[rule]] if rule in FIXED_SEVERITY else _MEDIUM
+    sev: int | np.ndarray = (
+        _SEVERITY_CODE[FIXED_SEVERITY[rule]] if rule in FIXED_SEVERITY else _MEDIUM
+    )
     if rule in Z_RULES:
         sev = np.where(np.abs(ev.num("z")) >= HIGH_SEVERITY_ABS_Z, _HIGH, _MEDIUM)
-    uncovered = c.place(rows, message, title, sev, rec)
-    if len(uncovered):
-        c.per_row(uncovered)
+    c.place(rows, message, title, sev, rec)
 
 
 def _check_rows(frame: pl.DataFrame, bad: np.ndarray, no_subject: np.ndarray) -> None:
@@ -1016,8 +1080,9 @@ def build_alerts(fired: pl.DataFrame, *, emitted_at_us: int) -> pl.DataFrame:
     decodes (orjson raises). When several rows are bad, the error may name another of them
     than the per-row loop would (rules are taken in turn, not rows).
 
-    Costs ~1.6 µs per alert plus ~0.2 ms per rule present and ~1 ms per call (one thread
-    of a shared 2-core VM); `benchmarks/bench_alerts.py` measures it.
+    Costs ~1.6 µs per alert plus ~0.15 ms per rule present and ~1 ms per call (one thread
+    of a shared 2-core VM): fewer, larger calls are cheaper. `benchmarks/bench_alerts.py`
+    measures it.
     """
     missing = [c for c in FIRED_COLUMNS if c not in fired.columns]
     if missing:
