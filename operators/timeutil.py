@@ -7,7 +7,9 @@ The functions loop over the *distinct* zones of their input (a handful), never o
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -49,13 +51,18 @@ def day_end_us(days: pl.Series, zones: pl.Series) -> pl.Series:
 
 
 def local_day_of(t_us: int, zones: list[str]) -> dict[str, int]:
-    """The local day (days since epoch) of one instant in each of `zones`."""
-    stamp = pl.Series([t_us], dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
-    result: dict[str, int] = {}
-    for zone in zones:
-        day = stamp.dt.convert_time_zone(zone).dt.date().cast(pl.Int32)[0]
-        result[zone] = int(day)
-    return result
+    """The local day (days since epoch) of one instant in each of `zones` (no polars: it is
+    called for every micro-batch and must stay cheap)."""
+    instant = datetime.fromtimestamp(t_us // 1_000_000, tz=UTC)
+    return {zone: (instant.astimezone(_zone(zone)).date() - _EPOCH).days for zone in zones}
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+_EPOCH = date(1970, 1, 1)
 
 
 def local_days(t_us: pl.Series, zones: pl.Series) -> pl.Series:
