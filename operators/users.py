@@ -410,9 +410,19 @@ class UserAnalytics:
         if len(self.skills) > 2 * self._skills_deduped + 100_000:
             self._dedupe_skills()
 
-        self.rules, fired = apply_event_rules(self.rules, events.select(list(EVENT_BATCH_SCHEMA)))
-        if len(fired):
-            out.alerts = build_alerts(fired, emitted_at_us=emitted_at_us)
+        # the event rules look only at scored events and assessments; run them on those users'
+        # rule state alone, so a batch costs O(batch) rather than O(all users)
+        relevant = events.filter(
+            pl.col("score").is_not_null() | pl.col("type").is_in(ASSESSMENT_TYPES)
+        )
+        if len(relevant):
+            involved = relevant.select("user_key").unique()
+            mine = self.rules.join(involved, on="user_key", how="semi")
+            updated, fired = apply_event_rules(mine, relevant.select(list(EVENT_BATCH_SCHEMA)))
+            rest = self.rules.join(involved, on="user_key", how="anti")
+            self.rules = pl.concat([rest, updated.select(rest.columns)])
+            if len(fired):
+                out.alerts = build_alerts(fired, emitted_at_us=emitted_at_us)
         return out
 
     def _fold_open_days(self, events: pl.DataFrame) -> None:
@@ -1065,4 +1075,4 @@ def _zscores(
     return z, mean, sd
 
 
-__all__ = ["ASSESSMENT_TYPES", "UserAnalytics", "UserOutput"]
+__all__ = ["UserAnalytics", "UserOutput"]
