@@ -378,7 +378,8 @@ class _Tables:
         self.zneg = table([_z(-k / 10) if k else _z(-0.0) for k in range(_ZMAX + 1)])
         self.secs = table([f"{_num(float(k), 0)} s" for k in range(-60, 61)]) + 60
         self.mins = table([_minutes(m) for m in range(-_MINUTES, _MINUTES + 1)]) + _MINUTES
-        self.pool = pl.Series(texts, dtype=pl.String)
+        self.arrow = pa.array(texts, pa.large_string())
+        self.size = len(texts)
 
 
 @lru_cache(maxsize=1)
@@ -475,7 +476,7 @@ class _Call:
         self.tables = _tables()
         # pool: the tables, `_LITERALS` slots for the call's fixed words, then `parts`
         self.literals: dict[str, int] = {}
-        self.literal_base = len(self.tables.pool)
+        self.literal_base = self.tables.size
         self.parts: list[pl.Series] = []
         self.size = self.literal_base + _LITERALS
         self.requests: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -484,8 +485,8 @@ class _Call:
         self.titles: list[tuple[np.ndarray, np.ndarray]] = []
         self.severity = np.zeros(self.n, np.int64)
         self.rec = np.zeros(self.n, np.int64)
-        self.recs: list[pl.Series] = [_REC_SERIES]
-        self.n_recs = len(_REC_SERIES)
+        self.recs: list[pa.Array] = [_REC_ARROW]
+        self.n_recs = len(_REC_ARROW)
         self._dates: int | None = None
         self._cohorts: int | None = None
 
@@ -644,10 +645,10 @@ class _Call:
             self.rec[rows] = rec
         self.placed.clear()
 
-    def add_recs(self, lists: pl.Series) -> int:
-        """Index of the first of `lists` (List[String]) among the call's recommendation lists."""
+    def add_recs(self, lists: pa.Array) -> int:
+        """Index of the first of `lists` among the call's recommendation lists."""
         first = self.n_recs
-        self.recs.append(lists.cast(pl.List(pl.String)))
+        self.recs.append(lists.cast(_REC_ARROW.type))
         self.n_recs += len(lists)
         return first
 
@@ -668,7 +669,7 @@ class _Call:
                 extra.append(rec_list)
             recs.append(rec)
         if extra:
-            self.add_recs(pl.Series(extra, dtype=pl.List(pl.String)))
+            self.add_recs(pa.array(extra, _REC_ARROW.type))
         msg = self.strings(pl.Series(messages, dtype=pl.String))
         ttl = self.strings(pl.Series(titles, dtype=pl.String))
         self.messages.append((rows, msg[:, None]))
@@ -676,31 +677,38 @@ class _Call:
         self.severity[rows] = severities
         self.rec[rows] = recs
 
-    def texts(self, placed: list[tuple[np.ndarray, np.ndarray]], pool: pl.Series) -> pl.Series:
+    def texts(self, placed: list[tuple[np.ndarray, np.ndarray]], pool: pa.Array) -> pl.Series:
+        """Each row's pieces joined. (pyarrow: its calls cost a few µs where polars' cost
+        ~30, and a call makes a dozen of them whatever its size.)"""
         width = max(p.shape[1] for _, p in placed)
         matrix = np.full((self.n, width), _EMPTY, np.int64)
         for rows, pieces in placed:
             matrix[rows, : pieces.shape[1]] = pieces
-        gathered = pool.gather(matrix.reshape(-1))
-        return gathered.reshape((self.n, width)).arr.join("")
+        taken = pool.take(pa.array(matrix.reshape(-1)))
+        offsets = pa.array(np.arange(0, self.n * width + 1, width, dtype=np.int64))
+        rows_of_pieces = pa.LargeListArray.from_arrays(offsets, taken)
+        return pl.Series(pc.binary_join(rows_of_pieces, _NO_SEPARATOR))
 
     def columns(self) -> list[pl.Series]:
         """title, message, severity, recommendations: one per row of the frame."""
         self._format_numbers()
         self._resolve_placed()
         words = list(self.literals) + [""] * (_LITERALS - len(self.literals))
-        words_series = pl.Series(words, dtype=pl.String)
-        pool = pl.concat([self.tables.pool, words_series, *self.parts], rechunk=True)
+        parts = [p.cast(pl.String).to_arrow().cast(pa.large_string()) for p in self.parts]
+        words_arrow = pa.array(words, pa.large_string())
+        pool = pa.concat_arrays([self.tables.arrow, words_arrow, *parts])
+        recs = pa.concat_arrays(self.recs).take(pa.array(self.rec))
         return [
             self.texts(self.titles, pool).alias("title"),
             self.texts(self.messages, pool).alias("message"),
-            _SEVERITIES.gather(self.severity).alias("severity"),
-            pl.concat(self.recs, rechunk=True).gather(self.rec).alias("recommendations"),
+            pl.Series("severity", _SEVERITIES.take(pa.array(self.severity))),
+            pl.Series("recommendations", recs, dtype=pl.List(pl.String)),
         ]
 
 
-_SEVERITIES = pl.Series(["high", "medium", "low"], dtype=pl.String)
-_SEVERITY_CODE = {s: i for i, s in enumerate(_SEVERITIES.to_list())}
+_NO_SEPARATOR = pa.scalar("", pa.large_string())
+_SEVERITIES = pa.array(["high", "medium", "low"], pa.large_string())
+_SEVERITY_CODE = {s: i for i, s in enumerate(_SEVERITIES.to_pylist())}
 _HIGH, _MEDIUM = _SEVERITY_CODE["high"], _SEVERITY_CODE["medium"]
 
 #: every fixed list of recommendations; rows carry an index into these (plus, per call, the
@@ -717,7 +725,7 @@ _REC_TABLE: tuple[tuple[str, ...], ...] = (
     _COHORT_RECS,
 )
 _REC_ID = {recs: i for i, recs in enumerate(_REC_TABLE)}
-_REC_SERIES = pl.Series([list(r) for r in _REC_TABLE], dtype=pl.List(pl.String))
+_REC_ARROW = pa.array([list(r) for r in _REC_TABLE], pa.large_list(pa.large_string()))
 
 _F64 = pl.Float64()
 _STR = pl.String()
@@ -831,8 +839,8 @@ def _low_performance_x(c: _Call, ev: _Evidence) -> Texts:
     return message, [c.lit(_LOW_PERF_TITLE), *where], rec
 
 
-def _skill_recs(skills: pa.Array) -> pl.Series:
-    """The low_performance recommendations that name each skill (List[String])."""
+def _skill_recs(skills: pa.Array) -> pa.Array:
+    """The low_performance recommendations that name each skill (lists of strings)."""
     text = skills.type
 
     def around(before: str, after: str) -> pa.Array:
@@ -849,7 +857,7 @@ def _skill_recs(skills: pa.Array) -> pl.Series:
     )
     interleaved = recs.take(np.arange(3 * k).reshape(3, k).T.reshape(-1))
     offsets = pa.array(np.arange(0, 3 * k + 1, 3), pa.int64())
-    return pl.Series(pa.LargeListArray.from_arrays(offsets, interleaved))
+    return pa.LargeListArray.from_arrays(offsets, interleaved)
 
 
 def _inactivity_x(label: str) -> Callable[[_Call, _Evidence], Texts]:
@@ -1090,22 +1098,7 @@ def build_alerts(fired: pl.DataFrame, *, emitted_at_us: int) -> pl.DataFrame:
     if fired.is_empty():
         return ALERTS.empty()
     frame = fired if fired.columns == list(FIRED_COLUMNS) else fired.select(FIRED_COLUMNS)
-    rule, evidence = pl.col("rule"), pl.col("evidence")
-    subject = (
-        pl.when(rule.is_in(sorted(COHORT_RULES)))
-        .then(pl.col("cohort_id"))
-        .otherwise(pl.col("user_key"))
-        .cast(pl.String)
-    )
-    trigger = pl.col("trigger").cast(pl.String).fill_null("None")
-    rows = frame.select(
-        no_subject=subject.is_null(),
-        key=pl.concat_str([rule, subject, trigger], separator="|"),
-        # orjson.loads is skipped for "" and null: an empty object
-        evidence=pl.when(evidence.is_null() | (evidence == ""))
-        .then(pl.lit("{}"))
-        .otherwise(evidence),
-    )
+    rows = frame.select(_ROW_EXPRS)
     code = _codes(frame["rule"], _RULE_ENUM)
     no_subject = rows["no_subject"].to_numpy()
     bad = no_subject | (code < 0)
@@ -1115,7 +1108,7 @@ def build_alerts(fired: pl.DataFrame, *, emitted_at_us: int) -> pl.DataFrame:
     call = _Call(frame)
     order = np.argsort(code, kind="stable")
     bounds = np.searchsorted(code[order], np.arange(len(_RULE_ORDER) + 1))
-    grouped = rows["evidence"].gather(order)
+    grouped = pl.Series(rows["evidence"].to_arrow().take(pa.array(order)))
     for i, name in enumerate(_RULE_ORDER):
         start, end = int(bounds[i]), int(bounds[i + 1])
         if start < end:
@@ -1124,13 +1117,36 @@ def build_alerts(fired: pl.DataFrame, *, emitted_at_us: int) -> pl.DataFrame:
     made = {s.name: s for s in [_alert_ids(rows["key"]), *call.columns()]}
     made["emitted_at"] = emitted.new_from_index(0, frame.height)
     out = pl.DataFrame([made[c] if c in made else frame[c] for c in ALERTS.columns])
-    if out.schema != ALERTS.schema:
+    if out.dtypes != _ALERT_TYPES:
         out = ALERTS.conform(out)
     if out["alert_id"].n_unique() < out.height:
         out = out.filter(pl.col("alert_id").is_first_distinct())
     return out
 
 
+def _row_exprs() -> list[pl.Expr]:
+    rule, evidence = pl.col("rule"), pl.col("evidence")
+    subject = (
+        pl.when(rule.is_in(sorted(COHORT_RULES)))
+        .then(pl.col("cohort_id"))
+        .otherwise(pl.col("user_key"))
+        .cast(pl.String)
+    )
+    trigger = pl.col("trigger").cast(pl.String).fill_null("None")
+    return [
+        subject.is_null().alias("no_subject"),
+        pl.concat_str([rule, subject, trigger], separator="|").alias("key"),
+        # orjson.loads is skipped for "" and null: an empty object
+        pl.when(evidence.is_null() | (evidence == ""))
+        .then(pl.lit("{}"))
+        .otherwise(evidence)
+        .alias("evidence"),
+    ]
+
+
+#: per fired row: no subject?, the alert_id key, the evidence to decode
+_ROW_EXPRS = _row_exprs()
+_ALERT_TYPES = list(ALERTS.schema.values())
 _RULE_ORDER = sorted(RULES)
 _RULE_ENUM = pl.Enum(_RULE_ORDER)
 
