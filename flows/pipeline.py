@@ -634,7 +634,7 @@ def build_flow(
     final = op.merge("with_runs", everything, op.key_rm("runs_out", runs))
 
     tables = _kind(final, "table")
-    op.output("tables", tables, TablesSink(cfg.out_dir, commit_interval=cfg.settings.snapshot_interval))
+    op.output("tables", tables, TablesSink(cfg.out_dir, commit_interval=cfg.settings.commit_interval))
     if topics_sink is not None:
         op.output("topics", _kind(final, "topic"), topics_sink)
     return flow

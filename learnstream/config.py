@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=200_000, gt=0, description="records per micro-batch")
     shards: int = Field(default=8, gt=0, description="shard keys users are hashed onto")
     snapshot_interval: timedelta = timedelta(seconds=10)
+    #: tables are committed (in the background) at least this often, and at every snapshot
+    commit_interval: timedelta = timedelta(seconds=2)
 
     @field_validator(
         "max_clock_skew",
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
         "trend_window",
         "state_ttl",
         "snapshot_interval",
+        "commit_interval",
         mode="before",
     )
     @classmethod

@@ -23,6 +23,7 @@ has a single writer, whatever `-w/-i` say; Bytewax routes every item to that wor
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,14 @@ def _signatures(tables: dict[str, Table]) -> dict[tuple[str, ...], str]:
 
 
 class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
+    """Buffers frames and commits them on a background thread.
+
+    The `TableStore` is touched only by the single commit thread, so the worker keeps processing
+    batches while Parquet files and DuckDB are written (both release the GIL). At most one commit
+    runs at a time; `snapshot()` and `close()` wait until everything handed over is durable, and
+    an error of a background commit is raised on the worker's next call.
+    """
+
     def __init__(
         self,
         store: TableStore,
@@ -70,6 +79,9 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
         self._commits = int(state.get("commits", 0))
         self._committed_at: str | None = state.get("committed_at")
         self._last_commit = time.monotonic()
+        self._pending: list[tuple[str, pl.DataFrame]] = []
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-commit")
+        self._inflight: Future[None] | None = None
 
     def _table_of(self, value: TableValue) -> tuple[str, pl.DataFrame]:
         if isinstance(value, tuple):
@@ -82,28 +94,62 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
             )
         return name, value
 
-    def _commit(self) -> None:
+    def _commit_now(self, frames: list[tuple[str, pl.DataFrame]]) -> None:
+        """Runs on the commit thread."""
+        for name, frame in frames:
+            self._store.write(name, frame)
         stats = self._store.commit()
-        self._last_commit = time.monotonic()
         if stats.rows:
             self._commits += 1
             self._committed_at = datetime.now(UTC).isoformat()
 
+    def _check(self) -> bool:
+        """True when no commit is running; raises the error of a failed background commit."""
+        if self._inflight is None:
+            return True
+        if not self._inflight.done():
+            return False
+        done, self._inflight = self._inflight, None
+        done.result()  # re-raises a background failure on the worker
+        return True
+
+    def _hand_over(self) -> None:
+        frames, self._pending = self._pending, []
+        self._last_commit = time.monotonic()
+        self._inflight = self._committer.submit(self._commit_now, frames)
+
+    def _drain(self) -> None:
+        """Commit everything buffered and wait until it is durable."""
+        if self._inflight is not None:
+            self._inflight.result()
+            self._inflight = None
+        self._hand_over()
+        self._check_wait()
+
+    def _check_wait(self) -> None:
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            done.result()
+
     def write_batch(self, values: list[TableValue]) -> None:
-        """Buffer frames; commit when `commit_interval` has passed since the last commit."""
+        """Buffer frames; hand them to the commit thread every `commit_interval`."""
         for value in values:
-            name, frame = self._table_of(value)
-            self._store.write(name, frame)
-        if time.monotonic() - self._last_commit >= self._interval_s:
-            self._commit()
+            self._pending.append(self._table_of(value))
+        idle = self._check()
+        if idle and self._pending and time.monotonic() - self._last_commit >= self._interval_s:
+            self._hand_over()
 
     def snapshot(self) -> ResumeState:
         """Commit first, so Bytewax's recovery snapshot never runs ahead of durable output."""
-        self._commit()
+        self._drain()
         return {"commits": self._commits, "committed_at": self._committed_at}
 
     def close(self) -> None:
-        self._store.close()
+        try:
+            self._drain()
+        finally:
+            self._committer.shutdown(wait=True)
+            self._store.close()
 
 
 class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
