@@ -166,8 +166,9 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
             self.ended = True
             return self._to_shards(EMPTY_EVENTS, final=True, received_at_us=emitted), StatefulLogic.RETAIN
         if not value.lines:
-            # the announcement of a partition (LiveSource): it now has state and an idle timer
-            return [], StatefulLogic.RETAIN
+            # the announcement of a partition: it now has state and an idle timer, and the run
+            # accounting exists even when the input holds no record at all
+            return [("count", "run", {"records_in": 0})], StatefulLogic.RETAIN
         decoded = decode_batch(
             value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq
         )

@@ -215,6 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.recovery_dir is not None:
         _prepare_recovery(args.recovery_dir, args.workers)
+        # a restarted run is the same run: one pipeline_runs row, started when it first started
+        spec.run_id, spec.started_at_us = _run_identity(args.recovery_dir, spec.run_id, spec.started_at_us)
     previous = _stop_on_signals() if kind == "kafka" else None
     try:
         summary = run_flow(spec, workers=args.workers)
@@ -272,6 +274,24 @@ def _delivery_error(exc: BaseException) -> BaseException | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _run_identity(directory: Path, run_id: str, started_at_us: int) -> tuple[str, int]:
+    """The run id and start time kept in the recovery directory (written on first use)."""
+    path = directory / "learnstream-run.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return str(data["run_id"]), int(data["started_at_us"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(
+                f"learnstream run: unreadable {str(path)!r} in --recovery-dir: {exc}; "
+                "use a new recovery directory"
+            ) from exc
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "started_at_us": started_at_us}), encoding="utf-8")
+    os.replace(tmp, path)
+    return run_id, started_at_us
 
 
 def _prepare_recovery(directory: Path, workers: int) -> None:

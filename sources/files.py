@@ -137,8 +137,21 @@ def _non_blank(parts: list[bytes], first_line: int) -> tuple[list[bytes], np.nda
 class _FilePartition(StatefulSourcePartition[RawBatch, FilePosition]):
     def __init__(self, reader: FileReader) -> None:
         self.reader = reader
+        self.announced = False
 
     def next_batch(self) -> list[RawBatch]:
+        if not self.announced:
+            # an empty first batch announces the partition, so that a run over files without a
+            # single record still has its accounting (a pipeline_runs row with zeros)
+            self.announced = True
+            return [
+                RawBatch(
+                    lines=[],
+                    ref_prefix="file:",
+                    positions=np.zeros(0, dtype=np.int64),
+                    received_at_us=time.time_ns() // 1000,
+                )
+            ]
         batch = self.reader.next_batch()
         if batch is None:
             raise StopIteration()
