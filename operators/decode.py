@@ -58,6 +58,7 @@ Choices where SPEC is silent (sharp edges):
 
 from __future__ import annotations
 
+import json
 import re
 import zoneinfo
 from dataclasses import dataclass
@@ -430,6 +431,34 @@ def _json_kind(value: Any) -> str:
     return "null"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _as_float(value: float) -> float:
+    """A JSON number as a double; an integer beyond the double range becomes ±infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def _loads(line: str) -> Any:
+    """Strict JSON (orjson), except that a number too large for a double is still a number.
+
+    RFC 8259 leaves number range to implementations; orjson refuses such numbers, while the Arrow
+    fast path reads them (as infinity, or drops them with an unknown field). Reading them here too
+    keeps both paths equal: the record is not malformed; a known field holding such a number is
+    `invalid_field:<name>` by its range check, an unknown field is dropped.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if not str(exc).startswith("number is infinity"):
+            raise
+        return json.loads(line, parse_constant=_no_constant)
+
+
 def _orjson_parse(texts: list[str], idx: np.ndarray) -> pl.DataFrame:
     """Per-line parse (Python, only for the lines the fast path could not take).
 
@@ -442,8 +471,8 @@ def _orjson_parse(texts: list[str], idx: np.ndarray) -> pl.DataFrame:
     pre_detail: list[str | None] = []
     for line in texts:
         try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            obj = _loads(line)
+        except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
             obj = None
             pre_reason.append("malformed_json")
             pre_detail.append(f"not valid JSON: {exc}")
@@ -474,7 +503,7 @@ def _orjson_parse(texts: list[str], idx: np.ndarray) -> pl.DataFrame:
                 cols[name].append(None)
                 bads[name].append(None)
             elif type(value) is int or type(value) is float:
-                cols[name].append(float(value))
+                cols[name].append(_as_float(value))
                 bads[name].append(None)
             else:
                 cols[name].append(None)
