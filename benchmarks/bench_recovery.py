@@ -68,7 +68,7 @@ next_batch = files._FilePartition.next_batch
 first = []
 def traced_next_batch(self):
     batch = next_batch(self)
-    if not first:
+    if not first and any(b.lines for b in batch):  # not the empty batch announcing the partition
         first.append(1)
         print(f"@first_batch {time.time()}", file=sys.stderr, flush=True)
     return batch
