@@ -456,7 +456,12 @@ def _loads(line: str) -> Any:
     except orjson.JSONDecodeError as exc:
         if not str(exc).startswith("number is infinity"):
             raise
-        return json.loads(line, parse_constant=_no_constant)
+        value = json.loads(line, parse_constant=_no_constant)
+        try:  # orjson's other rules still hold: no lone surrogate escapes (not valid UTF-8)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as bad:
+            raise ValueError(f"string is not valid UTF-8: {bad.reason}") from None
+        return value
 
 
 def _orjson_parse(texts: list[str], idx: np.ndarray) -> pl.DataFrame:
