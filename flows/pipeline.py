@@ -26,6 +26,7 @@ final watermark is then the newest event time of all.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import structlog
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
@@ -44,13 +46,15 @@ from bytewax.outputs import Sink
 
 from learnstream.config import Settings
 from operators.cohorts import CohortAggregator
-from operators.decode import RawBatch, decode_batch
+from operators.decode import DecodeResult, RawBatch, decode_batch
 from operators.ingest import Admission
 from operators.pseudonymize import Pseudonymizer
 from operators.users import UserAnalytics, UserOutput
-from schemas.events import EVENT_BATCH_SCHEMA
+from schemas.events import EVENT_BATCH_SCHEMA, REJECTED_BATCH_SCHEMA
 from schemas.tables import ALERTS, LATE_EVENTS, PIPELINE_RUNS, REJECTED_EVENTS
 from sinks.bytewax_tables import TablesSink
+
+log = structlog.get_logger("learnstream.flow")
 
 Envelope = tuple[str, str, Any]  # (kind, route key, payload)
 US_PER_HOUR = 3_600_000_000
@@ -133,6 +137,23 @@ def _late_rows(late: pl.DataFrame, received_at_us: int, emitted_at_us: int) -> p
     )
 
 
+def _undecodable(line: bytes, prefix: str, position: int, seq: int, exc: Exception) -> pl.DataFrame:
+    try:
+        payload = line.decode("utf-8")
+    except UnicodeDecodeError:
+        payload = base64.b64encode(line).decode("ascii")
+    return pl.DataFrame(
+        {
+            "seq": [seq],
+            "source_ref": [f"{prefix}{position}"],
+            "reason": ["malformed_json"],
+            "detail": [f"could not be decoded ({type(exc).__name__}: {str(exc)[:80]})"],
+            "payload": [payload],
+        },
+        schema=REJECTED_BATCH_SCHEMA,
+    )
+
+
 class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
     """Decode, de-duplicate, watermark and lateness for one source partition."""
 
@@ -169,9 +190,7 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
             # the announcement of a partition: it now has state and an idle timer, and the run
             # accounting exists even when the input holds no record at all
             return [("count", "run", {"records_in": 0})], StatefulLogic.RETAIN
-        decoded = decode_batch(
-            value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq
-        )
+        decoded = self._decode(value, emitted)
         self.seq += len(value.lines)
         admitted = self.admission.admit(decoded.events)
         out: list[Envelope] = []
@@ -203,6 +222,35 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
             )
         )
         return out, StatefulLogic.RETAIN
+
+    def _decode(self, value: RawBatch, emitted: int) -> DecodeResult:
+        """Decode a batch; bad input must never stop the flow, not even through a decoder bug.
+
+        Should the batch decoder raise, the batch is decoded line by line and a line that still
+        raises becomes a dead letter (`malformed_json`, the error in its detail) — logged loudly.
+        """
+        try:
+            return decode_batch(
+                value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq
+            )
+        except Exception:  # noqa: BLE001 - the safety net for the never-stop promise
+            log.exception("decode_batch failed; decoding this batch line by line")
+        events, rejected = [], []
+        for i, line in enumerate(value.lines):
+            one = RawBatch([line], value.ref_prefix, value.positions[i : i + 1], value.received_at_us)
+            try:
+                result = decode_batch(
+                    one, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq + i
+                )
+                events.append(result.events)
+                rejected.append(result.rejected)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("a record could not be decoded", source_ref=f"{value.ref_prefix}{value.positions[i]}")
+                rejected.append(_undecodable(line, value.ref_prefix, int(value.positions[i]), self.seq + i, exc))
+        return DecodeResult(
+            pl.concat(events) if events else pl.DataFrame(schema=EVENT_BATCH_SCHEMA),
+            pl.concat(rejected) if rejected else pl.DataFrame(schema=REJECTED_BATCH_SCHEMA),
+        )
 
     def _to_shards(
         self, events: pl.DataFrame, *, final: bool, received_at_us: int

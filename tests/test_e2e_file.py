@@ -155,3 +155,30 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     config.write_text('{"allowed_latenes": "1h"}')
     assert main(["run", "--source", f"file:{events}", "--out", str(tmp_path), "--config", str(config)]) == 2
     assert "allowed_latenes" in capsys.readouterr().err
+
+
+def test_a_decoder_failure_becomes_a_dead_letter_not_a_stopped_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # safety net of the never-stop promise: make the real decoder raise on one record
+    import flows.pipeline as pipeline
+
+    real = pipeline.decode_batch
+
+    def fragile(raw, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if any(b"BOOM" in line for line in raw.lines):
+            raise RuntimeError("decoder bug")
+        return real(raw, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_batch", fragile)
+    monkeypatch.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+    good = '{"event_id":"e%d","user_id":"u1","type":"lesson_completed","timestamp":"2026-03-0%dT10:00:00Z"}'
+    events = tmp_path / "e.jsonl"
+    events.write_text("\n".join([good % (1, 1), '{"event_id":"BOOM"}', good % (2, 2)]) + "\n")
+    out = tmp_path / "out"
+    assert main(["run", "--source", f"file:{events}", "--out", str(out)]) == 0
+    rejected = read_table(out, "rejected_events")
+    assert rejected.select("source_ref", "reason").rows() == [(f"file:{events}:2", "malformed_json")]
+    assert rejected["detail"][0].startswith("could not be decoded (RuntimeError: decoder bug)")
+    run = read_table(out, "pipeline_runs").row(0, named=True)
+    assert (run["records_in"], run["accepted"], run["rejected"]) == (3, 2, 1)
