@@ -23,26 +23,29 @@ def day_start_us(days: pl.Series, zones: pl.Series) -> pl.Series:
 
     Where local midnight does not exist (a DST jump at midnight, e.g. America/Santiago), the day
     starts at the first local instant that exists (local 01:00). Computed once per distinct
-    (day, zone) pair and joined back.
+    (day, zone) pair (and cached across calls), then joined back.
     """
-    frame = pl.DataFrame({"d": days.cast(pl.Date), "z": zones.cast(pl.String)})
+    frame = pl.DataFrame({"d": days.cast(pl.Date).cast(pl.Int32), "z": zones.cast(pl.String)})
     pairs = frame.unique()
-    starts = []
-    for (zone,), part in pairs.group_by("z"):
-        naive = part["d"].cast(pl.Datetime("us"))
-        local = naive.dt.replace_time_zone(str(zone), ambiguous="earliest", non_existent="null")
-        # midnight missing (clocks jump 00:00 -> 01:00): the day starts at local 01:00
-        later = (naive + timedelta(hours=1)).dt.replace_time_zone(
-            str(zone), ambiguous="earliest", non_existent="null"
-        )
-        start = local.dt.epoch("us").fill_null(later.dt.epoch("us"))
-        starts.append(part.with_columns(start=start))
-    if not starts:
-        return pl.Series("day_start_us", [], dtype=pl.Int64)
-    table = pl.concat(starts)
+    starts = [_start_of(int(d), str(z)) for d, z in pairs.iter_rows()]
+    table = pairs.with_columns(start=pl.Series(starts, dtype=pl.Int64))
     return frame.join(table, on=["d", "z"], how="left", maintain_order="left")["start"].alias(
         "day_start_us"
     )
+
+
+@lru_cache(maxsize=65536)
+def _start_of(day: int, zone: str) -> int:
+    """UTC µs of the first instant of local day `day` (days since epoch) in `zone`."""
+    tz = _zone(zone)
+    local = datetime.combine(_EPOCH + timedelta(days=day), datetime.min.time())
+    for hour in range(0, 3):  # midnight, or the first hour that exists after a gap
+        candidate = (local + timedelta(hours=hour)).replace(tzinfo=tz, fold=0)
+        # a wall time inside a gap does not round-trip through UTC
+        back = candidate.astimezone(UTC).astimezone(tz).replace(tzinfo=None)
+        if back == candidate.replace(tzinfo=None):
+            return int(candidate.timestamp()) * 1_000_000
+    raise ValueError(f"no start found for day {day} in {zone}")
 
 
 def day_end_us(days: pl.Series, zones: pl.Series) -> pl.Series:
