@@ -209,10 +209,10 @@ class CohortAggregator:
 
         Calling it again with the same or an earlier date emits nothing.
         """
-        rows = pl.concat(self._rows) if self._rows else pl.DataFrame(schema=_ROW_SCHEMA)
-        alerts = pl.concat(self._alerts) if self._alerts else pl.DataFrame(schema=_ALERT_SCHEMA)
         if self.final_through is not None and through <= self.final_through:
             return CohortOutput()
+        rows = pl.concat(self._rows) if self._rows else pl.DataFrame(schema=_ROW_SCHEMA)
+        alerts = pl.concat(self._alerts) if self._alerts else pl.DataFrame(schema=_ALERT_SCHEMA)
         if self.final_through is not None:
             start = self.final_through + timedelta(days=1)
         elif rows.height:
