@@ -13,20 +13,10 @@ import pytest
 
 from learnstream.cli import main
 from schemas.tables import TABLES
+from tests.outputs import read_parquet_table as read_table
 from tests.realdata import DATA_DIR, ednet_events, ednet_expected, write_jsonl
 
 SECRET = "e2e-secret"
-
-
-def read_table(out: Path, name: str) -> pl.DataFrame:
-    files = sorted((out / "parquet" / name).glob("**/*.parquet"))
-    if not files:
-        return TABLES[name].empty()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    hive = "true" if TABLES[name].partition else "false"
-    glob = str(out / "parquet" / name / "**" / "*.parquet")
-    return con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive})").pl()
 
 
 def key_of(user_id: str) -> str:

@@ -38,6 +38,7 @@ from learnstream.broker import LocalBroker
 from learnstream.cli import main
 from schemas.tables import TABLES
 from sources.generator import write_events
+from tests.outputs import read_parquet_table as read_table
 
 SECRET = "kafka-e2e-secret"
 PARTITIONS = 3
@@ -46,17 +47,6 @@ VOLATILE = {"emitted_at", "received_at", "source_ref", "run_id", "started_at", "
 COUNTS = ["records_in", "accepted", "rejected", "duplicates", "late", "alerts"]
 
 ReadTopic = Callable[[str, str], list[tuple[int, int, bytes | None, bytes | None]]]
-
-
-def read_table(out: Path, name: str) -> pl.DataFrame:
-    files = sorted((out / "parquet" / name).glob("**/*.parquet"))
-    if not files:
-        return TABLES[name].empty()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    hive = "true" if TABLES[name].partition else "false"
-    glob = str(out / "parquet" / name / "**" / "*.parquet")
-    return con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive})").pl()
 
 
 def comparable(out: Path, name: str) -> pl.DataFrame:

@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from learnstream.cli import main
 from schemas.events import EVENT_TYPES, INPUT_FIELDS
-from schemas.tables import TABLES
+from tests.outputs import read_parquet_table as read_table
 
 SECRET = "hostile-test-secret"
 MAX_EVENT_BYTES = 65536
@@ -488,19 +487,6 @@ def run_cli(paths: list[Path], out: Path, batch_size: int) -> int:
         mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
         mp.setenv("LEARNSTREAM_BATCH_SIZE", str(batch_size))
         return main(["run", "--source", "file:" + ",".join(map(str, paths)), "--out", str(out)])
-
-
-def read_table(out: Path, name: str) -> pl.DataFrame:
-    table = TABLES[name]
-    if not list((out / "parquet" / name).glob("**/*.parquet")):
-        return table.empty()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    hive = "true" if table.partition else "false"
-    glob = str(out / "parquet" / name / "**" / "*.parquet")
-    frame = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive})").pl()
-    con.close()
-    return table.conform(frame)
 
 
 def duckdb_count(out: Path, name: str) -> int:

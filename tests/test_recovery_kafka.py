@@ -255,7 +255,7 @@ def test_the_run_was_really_killed_and_resumed_from_snapshots(crashed: CrashRun)
     print("kills (moment, seconds into attempt, committed epoch):", crashed.kills)
     print("executions (number, resume epoch):", crashed.executions, "last committed epoch:", crashed.epochs)
     moments = [k[0] for k in crashed.kills]
-    assert moments[-1] == "final row written", crashed.kills
+    assert "final row written" in moments, crashed.kills  # other planned kills may follow it
     assert {"timed", "mid-commit"} & set(moments), crashed.kills
     assert len(crashed.executions) == len(crashed.kills) + 1, crashed.executions
     resumed = [epoch for _, epoch in crashed.executions[1:]]

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
@@ -27,6 +26,7 @@ from learnstream.config import load_settings
 from learnstream.runner import RunSpec, WorkerFailed, run_flow
 from schemas.tables import TABLES
 from sources.generator import write_events
+from tests.outputs import read_duckdb_table, read_parquet_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "workers-secret"
@@ -39,28 +39,11 @@ _SKEW = re.compile(r"is [0-9.]+ s after processing time")
 
 def _table(out: Path, name: str) -> pl.DataFrame:
     """Every row of a table's Parquet dataset, sorted by key, without processing-time columns."""
-    table = TABLES[name]
-    files = sorted((out / "parquet" / name).glob("**/*.parquet"))
-    if not files:
-        frame = table.empty()
-    else:
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        hive = "true" if table.partition else "false"
-        glob = str(out / "parquet" / name / "**" / "*.parquet")
-        frame = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive})").pl()
-        con.close()
-    return _stable(frame, name)
+    return _stable(read_parquet_table(out, name), name)
 
 
 def _db_table(out: Path, name: str) -> pl.DataFrame:
-    con = duckdb.connect(str(out / "learnstream.duckdb"), read_only=True)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        frame = con.sql(f"SELECT * FROM {name}").pl()
-    finally:
-        con.close()
-    return _stable(frame, name)
+    return _stable(read_duckdb_table(out, name), name)
 
 
 def _stable(frame: pl.DataFrame, name: str) -> pl.DataFrame:
