@@ -99,7 +99,6 @@ def test_every_rejection_reason_has_its_stable_string(generated_run: tuple[Path,
     assert rejected["source_ref"].str.contains(r"^file:.*:\d+$").all()
 
 
-@pytest.mark.skipif(not (DATA_DIR / "ednet-kt4-sample").exists(), reason="shared data set not present")
 def test_ednet_sample_streaks_and_daily_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     events = tmp_path / "ednet.jsonl"
     write_jsonl(ednet_events(DATA_DIR), events)
