@@ -522,6 +522,13 @@ class UserAnalytics:
         n = self.size
         a = self.a
         target = self._closed_horizon(a.zone[:n], watermark_us, final)
+        if final and len(self.open_days):
+            # the end of a finite input closes every open day, also one whose local date lies
+            # past the horizon in the user's (last) zone, e.g. an earlier event in a zone ahead
+            newest = self.open_days.group_by("slot").agg(pl.col("date").max().cast(pl.Int32))
+            ahead = np.full(n, np.iinfo(np.int32).min, dtype=np.int64)
+            ahead[newest["slot"].to_numpy()] = newest["date"].to_numpy()
+            target = np.maximum(target, ahead).astype(np.int32)
         lagging = np.nonzero(a.last_closed[:n] < target)[0]
         fired = _Fired()
         if len(lagging):

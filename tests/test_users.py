@@ -280,3 +280,19 @@ def test_returning_after_state_ttl_is_decided_per_event_not_per_batch() -> None:
         results.append((final["days_active"], final["total_completions"], users.evicted))
     # in both cases: r's old state (1 active day) was dropped; the new r has 1 day, 1 completion
     assert results == [(1, 1, 1), (1, 1, 1)]
+
+
+def test_end_of_input_closes_a_day_that_lies_ahead_in_the_users_last_zone() -> None:
+    # The first event is in Seoul (UTC+9): 2026-03-01T20:00Z is local 03-02. The user then moves
+    # to UTC; the newest event time 03-01T21:00Z is local 03-01 there. The end of the input closes
+    # up to 03-01 in the last zone, and the Seoul day 03-02 must close too (no lost user-day).
+    out = run(
+        """
+        | user | type             | timestamp            | zone       |
+        | z    | lesson_completed | 2026-03-01T20:00:00Z | Asia/Seoul |
+        | z    | lesson_completed | 2026-03-01T21:00:00Z | UTC        |
+        """
+    )
+    rows = out["user_daily"].sort("date")
+    assert rows["date"].to_list() == [date(2026, 3, 1), date(2026, 3, 2)]
+    assert int(rows["events"].sum()) == 2
