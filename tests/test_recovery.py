@@ -26,14 +26,11 @@ import json
 import os
 import random
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -42,6 +39,7 @@ from polars.testing import assert_frame_equal
 
 from schemas.tables import TABLES
 from sources.generator import write_events
+from tests.crash import kill_until_done
 from tests.outputs import read_duckdb_table, read_parquet_table
 
 SECRET = "recovery-test-secret"
@@ -101,25 +99,6 @@ def one_row_per_key(frame: pl.DataFrame, name: str) -> bool:
     return not frame.select(TABLES[name].key).is_duplicated().any()
 
 
-def recovery_progress(recovery: Path) -> tuple[int, list[tuple[int, int]]]:
-    """(committed epoch, [(execution, resume epoch)]) from Bytewax's recovery partition.
-
-    Read-only and closed at once, so the running flow is never blocked (the store is in WAL mode).
-    """
-    path = recovery / "part-0.sqlite3"
-    if not path.exists():
-        return 0, []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        commits = con.execute("SELECT max(commit_epoch) FROM commits").fetchone()
-        executions = con.execute("SELECT ex_num, resume_epoch FROM exs ORDER BY ex_num").fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0, []
-    finally:
-        con.close()
-    return int(commits[0] or 0) if commits else 0, [(int(a), int(b)) for a, b in executions]
-
-
 @dataclass
 class CrashRun:
     events: Path
@@ -134,119 +113,21 @@ class CrashRun:
     stdout: str = ""
 
 
-def _staging_busy(out: Path) -> bool:
-    staging = out / ".staging"
-    try:
-        return staging.is_dir() and any(staging.iterdir())
-    except FileNotFoundError:  # a commit directory vanished while listing
-        return False
-
-
-@dataclass
-class Attempt:
-    #: the moment the attempt was killed at, or None when it finished
-    killed_at: str | None
-    seconds: float
-    epoch: int
-    stdout: str
-
-
-#: (seconds into the attempt, committed epoch) -> name of the moment to kill at, or None
-Trigger = Callable[[float, int], str | None]
-POLL_S = 0.002  # file-system checks; the recovery store is read at most every EPOCH_POLL_S
-EPOCH_POLL_S = 0.05
-
-
-def run_attempt(cmd: list[str], trigger: Trigger, recovery: Path) -> Attempt:
-    """Start an attempt; SIGKILL it as soon as `trigger` names a moment."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    epoch, epoch_read = 0, -1.0
-    try:
-        while proc.poll() is None:
-            elapsed = time.monotonic() - started
-            if elapsed - epoch_read >= EPOCH_POLL_S:
-                epoch, epoch_read = recovery_progress(recovery)[0], elapsed
-            moment = trigger(elapsed, epoch)
-            if moment is not None:
-                proc.send_signal(signal.SIGKILL)
-                out, err = proc.communicate(timeout=60)
-                assert proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
-                return Attempt(moment, elapsed, epoch, out)
-            assert elapsed < RUN_TIMEOUT_S, "attempt did not finish"
-            time.sleep(POLL_S)
-        out, err = proc.communicate()
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
-    return Attempt(None, time.monotonic() - started, recovery_progress(recovery)[0], out)
-
-
 def crash_and_resume(events: Path, base: Path, lines: int, full_run_s: float) -> CrashRun:
     """Kill the run at planned moments, restarting it with the same arguments, until it finishes.
 
-    Plan (seeded): a timed kill, a kill while a table commit is staging files, another timed kill,
-    each only once the attempt has committed a snapshot of its own (so every restart resumes from
-    a later snapshot). Timed = 20-80% of an uninterrupted run's duration (`full_run_s`) into the
-    attempt. In every attempt until it has happened, the run is also killed the moment its final
-    `pipeline_runs` row reaches Parquet (the end of the run, before Bytewax has stored its last
-    snapshot), so that moment is covered however fast the machine runs through the others.
+    Plan (seeded): a timed kill, a kill while a table commit is staging files, another timed kill;
+    and, until it has happened, a kill right after the final `pipeline_runs` row reached Parquet
+    (see `tests.crash.kill_until_done`).
     """
-    rng = random.Random(SEED)
     out, recovery = base / "out", base / "recovery"
-    cmd = run_command(events, out, recovery)
-    run = CrashRun(events, out, recovery, lines)
-
-    def timed(fraction: float) -> Trigger:
-        start_epoch = recovery_progress(recovery)[0]
-
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            due = epoch > start_epoch and elapsed >= fraction * full_run_s
-            return "timed" if due else None
-
-        return trigger
-
-    def mid_commit() -> Trigger:
-        start_epoch = recovery_progress(recovery)[0]
-
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            return "mid-commit" if epoch > start_epoch and _staging_busy(out) else None
-
-        return trigger
-
-    def never(elapsed: float, epoch: int) -> str | None:
-        return None
-
-    def or_final_row(planned: Trigger) -> Trigger:
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            if (out / "parquet" / "pipeline_runs").is_dir():
-                return "final row written"
-            return planned(elapsed, epoch)
-
-        return trigger
-
-    plan: list[Callable[[], Trigger]] = [
-        lambda: timed(rng.uniform(0.2, 0.8)),
-        mid_commit,
-        lambda: timed(rng.uniform(0.2, 0.8)),
-    ]
-    final_pending = True
-    while True:
-        planned = plan.pop(0)() if plan else never
-        attempt = run_attempt(cmd, or_final_row(planned) if final_pending else planned, recovery)
-        if attempt.killed_at is None:
-            run.stdout = attempt.stdout
-            break
-        final_pending = final_pending and attempt.killed_at != "final row written"
-        run.kills.append((attempt.killed_at, round(attempt.seconds, 2), attempt.epoch))
-        if run.first_kill_at is None:
-            run.first_kill_at = datetime.now(UTC)
-        assert len(run.kills) <= 6, run.kills
-    run.executions = recovery_progress(recovery)[1]
-    return run
+    crashes = kill_until_done(
+        run_command(events, out, recovery), child_env(), out, recovery,
+        full_run_s=full_run_s, rng=random.Random(SEED), plan=("timed", "mid-commit", "timed"),
+        timeout_s=RUN_TIMEOUT_S, max_kills=6,
+    )
+    return CrashRun(events, out, recovery, lines, crashes.first_kill_at, crashes.kills,
+                    crashes.executions, crashes.stdout)
 
 
 def _non_blank_lines(path: Path) -> int:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,19 @@ from polars.testing import assert_frame_equal
 from learnstream.broker import LocalBroker
 from schemas.tables import TABLES
 from sources.generator import write_events
-from tests.test_e2e_kafka import _check_alert_topic, json_values, user_key_partition
+from tests.crash import kill_until_done
+from tests.test_e2e_kafka import (
+    Topics,
+    _check_alert_topic,
+    json_values,
+    new_topics,
+    user_key_partition,
+)
 from tests.test_recovery import (
-    _staging_busy,
     comparable,
     one_row_per_key,
     read_duckdb_table,
     read_parquet_table,
-    recovery_progress,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,33 +67,8 @@ ENV = {
 SEED = 20261128
 PARTITIONS = 3
 RUN_TIMEOUT_S = 300
-POLL_S = 0.002
-EPOCH_POLL_S = 0.05
 
 ReadTopic = Callable[[str, str], list[tuple[int, int, bytes | None, bytes | None]]]
-#: (seconds into the attempt, committed epoch) -> name of the moment to kill at, or None
-Trigger = Callable[[float, int], str | None]
-
-
-@dataclass
-class Topics:
-    events: str
-    alerts: str
-    metrics: str
-    dlq: str
-
-    def args(self) -> list[str]:
-        return ["--events-topic", self.events, "--alerts-topic", self.alerts,
-                "--metrics-topic", self.metrics, "--dlq-topic", self.dlq]
-
-
-def output_topics(broker: LocalBroker, events: str, label: str) -> Topics:
-    tag = uuid.uuid4().hex[:8]
-    topics = Topics(events, f"rk.{label}.alerts.{tag}", f"rk.{label}.metrics.{tag}", f"rk.{label}.dlq.{tag}")
-    broker.create_topics([topics.alerts, topics.metrics, topics.dlq], partitions=PARTITIONS)
-    return topics
-
-
 def run_command(bootstrap: str, topics: Topics, out: Path, recovery: Path | None) -> list[str]:
     cmd = [sys.executable, "-m", "learnstream.cli", "run", "--source", "kafka", "--bootstrap", bootstrap,
            "--stop-at-end", "--out", str(out), *topics.args()]
@@ -137,7 +116,7 @@ def uninterrupted(broker: LocalBroker, events_topic: Input,
                   tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
     """The same topic, no recovery, never killed: the reference output."""
     out = tmp_path_factory.mktemp("kafka-recovery-baseline") / "out"
-    topics = output_topics(broker, events_topic.events, "base")
+    topics = new_topics(broker, events_topic.events, "base")
     started = time.monotonic()
     done = subprocess.run(run_command(broker.bootstrap, topics, out, None), env=child_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
@@ -146,51 +125,16 @@ def uninterrupted(broker: LocalBroker, events_topic: Input,
 
 
 @dataclass
-class Attempt:
-    killed_at: str | None
-    seconds: float
-    epoch: int
-
-
-def run_attempt(cmd: list[str], trigger: Trigger, recovery: Path) -> Attempt:
-    """Start an attempt; SIGKILL it as soon as `trigger` names a moment."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    epoch, epoch_read = 0, -1.0
-    try:
-        while proc.poll() is None:
-            elapsed = time.monotonic() - started
-            if elapsed - epoch_read >= EPOCH_POLL_S:
-                epoch, epoch_read = recovery_progress(recovery)[0], elapsed
-            moment = trigger(elapsed, epoch)
-            if moment is not None:
-                proc.send_signal(signal.SIGKILL)
-                _, err = proc.communicate(timeout=60)
-                assert proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
-                return Attempt(moment, elapsed, epoch)
-            assert elapsed < RUN_TIMEOUT_S, "attempt did not finish"
-            time.sleep(POLL_S)
-        _, err = proc.communicate()
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
-    return Attempt(None, time.monotonic() - started, recovery_progress(recovery)[0])
-
-
-@dataclass
 class CrashRun:
     out: Path
     recovery: Path
     topics: Topics
     #: (moment, seconds into the attempt, committed epoch when killed)
-    kills: list[tuple[str, float, int]] = field(default_factory=list)
+    kills: list[tuple[str, float, int]]
     #: (Bytewax execution, resume epoch)
-    executions: list[tuple[int, int]] = field(default_factory=list)
+    executions: list[tuple[int, int]]
     #: highest committed epoch (one snapshot per epoch)
-    epochs: int = 0
+    epochs: int
 
 
 @pytest.fixture(scope="module")
@@ -198,57 +142,18 @@ def crashed(broker: LocalBroker, events_topic: Input, uninterrupted: Uninterrupt
             tmp_path_factory: pytest.TempPathFactory) -> CrashRun:
     """Kill the run at seeded moments, restarting it with the same arguments, until it exits 0.
 
-    Plan: a timed kill (20-80 % of the uninterrupted run's duration into the attempt), a kill
-    while a table commit is staging files; each only after the attempt committed a snapshot of
-    its own. Until it has happened, every attempt is also killed the moment the final
-    `pipeline_runs` row reaches Parquet (before Bytewax stores its last snapshot).
+    Plan: a timed kill, a kill while a table commit is staging files, and (until it happened) a
+    kill right after the final `pipeline_runs` row reached Parquet (`tests.crash.kill_until_done`).
     """
-    rng = random.Random(SEED)
     base = tmp_path_factory.mktemp("kafka-recovery-crash")
     out, recovery = base / "out", base / "recovery"
-    topics = output_topics(broker, events_topic.events, "crash")
-    cmd = run_command(broker.bootstrap, topics, out, recovery)
-    run = CrashRun(out, recovery, topics)
-
-    def timed(fraction: float) -> Trigger:
-        start_epoch = recovery_progress(recovery)[0]
-
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            return "timed" if epoch > start_epoch and elapsed >= fraction * uninterrupted.seconds else None
-
-        return trigger
-
-    def mid_commit() -> Trigger:
-        start_epoch = recovery_progress(recovery)[0]
-
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            return "mid-commit" if epoch > start_epoch and _staging_busy(out) else None
-
-        return trigger
-
-    def never(elapsed: float, epoch: int) -> str | None:
-        return None
-
-    def or_final_row(planned: Trigger) -> Trigger:
-        def trigger(elapsed: float, epoch: int) -> str | None:
-            if (out / "parquet" / "pipeline_runs").is_dir():
-                return "final row written"
-            return planned(elapsed, epoch)
-
-        return trigger
-
-    plan: list[Callable[[], Trigger]] = [lambda: timed(rng.uniform(0.2, 0.8)), mid_commit]
-    final_pending = True
-    while True:
-        planned = plan.pop(0)() if plan else never
-        attempt = run_attempt(cmd, or_final_row(planned) if final_pending else planned, recovery)
-        if attempt.killed_at is None:
-            break
-        final_pending = final_pending and attempt.killed_at != "final row written"
-        run.kills.append((attempt.killed_at, round(attempt.seconds, 2), attempt.epoch))
-        assert len(run.kills) <= 5, run.kills
-    run.epochs, run.executions = recovery_progress(recovery)
-    return run
+    topics = new_topics(broker, events_topic.events, "crash")
+    crashes = kill_until_done(
+        run_command(broker.bootstrap, topics, out, recovery), child_env(), out, recovery,
+        full_run_s=uninterrupted.seconds, rng=random.Random(SEED), plan=("timed", "mid-commit"),
+        timeout_s=RUN_TIMEOUT_S, max_kills=5,
+    )
+    return CrashRun(out, recovery, topics, crashes.kills, crashes.executions, crashes.epochs)
 
 
 def test_the_run_was_really_killed_and_resumed_from_snapshots(crashed: CrashRun) -> None:
