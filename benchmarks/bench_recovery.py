@@ -41,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a plain script: the crash harness lives in tests/
+
+from tests.crash import recovery_progress as recovery_state  # noqa: E402
+
 SECRET = "bench-secret"
 COUNTS = ("records_in", "accepted", "rejected", "duplicates", "late", "alerts")
 
@@ -128,22 +132,6 @@ def run_once(events: Path, work: Path, recovery: bool, interval: str) -> dict[st
         result["recovery_bytes"] = sum(p.stat().st_size for p in rec.glob("*") if p.is_file())
         result["epochs"] = recovery_state(rec)[0]
     return result
-
-
-def recovery_state(recovery: Path) -> tuple[int, list[tuple[int, int]]]:
-    """(committed epoch, [(execution, resume epoch)]) of Bytewax's recovery partition."""
-    path = recovery / "part-0.sqlite3"
-    if not path.exists():
-        return 0, []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = con.execute("SELECT max(commit_epoch) FROM commits").fetchone()
-        executions = con.execute("SELECT ex_num, resume_epoch FROM exs ORDER BY ex_num").fetchall()
-    except sqlite3.OperationalError:
-        return 0, []
-    finally:
-        con.close()
-    return int(row[0] or 0) if row else 0, [(int(a), int(b)) for a, b in executions]
 
 
 def last_commit_time(recovery: Path) -> float | None:
