@@ -69,11 +69,14 @@ def main() -> None:
     users.advance(START_US + 3 * DAY_US, final=True, emitted_at_us=0)
     elapsed = time.perf_counter() - start
     n = users.size
+    rule_arrays = ("rule_t", "rule_score", "last_assessment", "struggling_active", "assessed", "low_perf_active")
     parts = {
-        "numpy per-user arrays": sum(v[:n].nbytes for v in users.a.data.values()),
+        "numpy per-user arrays": sum(
+            v[:n].nbytes for k, v in users.a.data.items() if k not in rule_arrays
+        ),
         "slots (user_key -> slot)": users.slots.estimated_size(),
         "cohort/org per user": users.cohort_id.estimated_size() + users.org_id.estimated_size(),
-        "event-rule state": users.rules.estimated_size(),
+        "event-rule state": sum(users.a.data[k][:n].nbytes for k in rule_arrays),
         "open days": users.open_days.estimated_size() + users.open_skill_days.estimated_size(),
         "recent events (7 d)": users.recent.estimated_size(),
         "scored events (30 d)": users.scored.estimated_size(),

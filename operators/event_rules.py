@@ -1,19 +1,24 @@
 """The event-triggered alert rules of SPEC §6: `struggling` and `low_performance`.
 
 Both rules are edge-triggered and evaluated at each matching event in arrival order (`seq`).
-`apply_event_rules` does that for a whole micro-batch at once: per rule it sorts the batch's
-matching events by (user_key, seq), puts the user's carried state in front as leading rows,
-and reads "the previous events" and "the previous evaluation" with shifts inside user groups
-(plain shifts masked to the same user run: equivalent to `shift().over("user_key")`, faster).
-No Python runs per event; the only loops are over the five state slots.
+`fire_event_rules` does that for a whole micro-batch at once, in numpy: per rule it orders the
+batch's matching rows by user (stable, so arrival order holds within a user), and reads "the
+k-th previous event" as the row k back when it is the same user's, else the user's carried
+slot; "the previous evaluation" likewise. No Python runs per event, and the cost is O(batch):
+state is read and written only at the batch's users' rows (`RuleArrays`, indexed by slot).
 
 State is bounded per user: the last 5 scored events (time and score, most recent first), the
-last assessment's score and three flags — 14 columns. The number of users is not bounded
-here: the caller drops users (state TTL, erasure) by filtering `user_key`.
+last assessment's score and three flags. `UserAnalytics` keeps it as `RuleArrays` inside its
+per-user arrays (eviction and erasure drop the rows with the user). `apply_event_rules` and
+`struggling_now` are the same rules over state kept as a frame, one row per user
+(`EVENT_RULE_STATE_SCHEMA`): the form the tests read.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import polars as pl
 
 from schemas.events import ASSESSMENT_TYPES
@@ -58,10 +63,6 @@ FIRED_SCHEMA: dict[str, pl.DataType] = {
     "evidence": pl.String(),
 }
 
-_STRUGGLE_COLS = [c for c in EVENT_RULE_STATE_SCHEMA if c.startswith("s") and c[1].isdigit()]
-_STRUGGLE_COLS.append("struggling_active")
-_LOWPERF_COLS = ["last_assessment_score", "has_assessment", "low_perf_active"]
-_TRIGGER_COLS = ["seq", "event_id", "cohort_id", "org_id", "date"]
 
 
 def empty_event_rule_state() -> pl.DataFrame:
@@ -73,43 +74,125 @@ def _empty_fired() -> pl.DataFrame:
     return pl.DataFrame(schema=FIRED_SCHEMA)
 
 
-def _no_fired() -> pl.DataFrame:
-    """No fired rows, in the internal form that still carries `seq`."""
-    return pl.DataFrame(schema={"seq": pl.Int64(), **FIRED_SCHEMA})
+# ------------------------------------------------------------------ the array form (the hot path)
+
+#: "no scored event in this slot" in `RuleArrays.t`
+NO_TIME = np.iinfo(np.int64).min
 
 
-def _sorted_by_user(lead: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
-    """Carried rows then batch rows, sorted by (user_key, carried first, position); `_g`
-    numbers the runs of equal user_key so that `_lag` can stay within a user."""
-    return (
-        pl.concat([lead, batch], how="vertical_relaxed")
-        .sort("user_key", "_src", "_pos", maintain_order=True)
-        .with_columns(_g=pl.col("user_key").rle_id())
-    )
+@dataclass
+class RuleArrays:
+    """Event-rule state as arrays indexed by a user's slot (row); the form `UserAnalytics` keeps.
 
-
-def _lag(column: str, k: int) -> pl.Expr:
-    """`column` k rows earlier within the same user, null across users.
-
-    Same as `pl.col(column).shift(k).over("user_key")` on a frame sorted by user_key, but
-    ~50× faster: a plain shift masked by "same user run" needs no per-group hashing.
+    The same 14 facts per user as `EVENT_RULE_STATE_SCHEMA`, with NaN for a null score and
+    `NO_TIME` for an empty slot. Arrays may be longer than the users in use (capacity).
     """
-    if k == 0:
-        return pl.col(column)
-    return pl.when(pl.col("_g").shift(k) == pl.col("_g")).then(pl.col(column).shift(k))
+
+    t: np.ndarray
+    """int64 (n, 5): event time of the k-th most recent scored event in column k - 1."""
+    score: np.ndarray
+    """float64 (n, 5): its score."""
+    struggling: np.ndarray
+    """bool (n,): the last `struggling` evaluation."""
+    last_assessment: np.ndarray
+    """float64 (n,): the last assessment's score (NaN: unscored, or none yet)."""
+    assessed: np.ndarray
+    """bool (n,): the user had an assessment."""
+    low_perf: np.ndarray
+    """bool (n,): the last `low_performance` evaluation."""
+
+    @classmethod
+    def empty(cls, n: int) -> RuleArrays:
+        return cls(
+            t=np.full((n, STRUGGLING_LAST_N), NO_TIME, dtype=np.int64),
+            score=np.full((n, STRUGGLING_LAST_N), np.nan),
+            struggling=np.zeros(n, dtype=np.bool_),
+            last_assessment=np.full(n, np.nan),
+            assessed=np.zeros(n, dtype=np.bool_),
+            low_perf=np.zeros(n, dtype=np.bool_),
+        )
 
 
-#: the last row of each user in a frame sorted by user_key
-_IS_LAST = (pl.col("_g").shift(-1) != pl.col("_g")).fill_null(True)
+def _runs(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by user keeping arrival order: (order, slot per sorted row, position of the
+    row within its user (0 = the user's first in the batch), whether it is the user's last)."""
+    order = np.argsort(slots, kind="stable")
+    s = slots[order]
+    n = len(s)
+    index = np.arange(n)
+    change = s[1:] != s[:-1]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = change
+    last = np.ones(n, dtype=np.bool_)
+    last[:-1] = change
+    position = index - np.maximum.accumulate(np.where(first, index, 0))
+    return order, s, position, last
 
 
-def _no_updates(columns: list[str]) -> pl.DataFrame:
-    return pl.DataFrame(schema={"user_key": pl.String(), **_state_types(columns)})
+def _previous(values: np.ndarray, position: np.ndarray, carried: np.ndarray) -> np.ndarray:
+    """Per sorted row: the value of the user's previous row in the batch, else `carried`."""
+    before = np.roll(values, 1)  # row 0 is a user's first row: never read
+    return np.where(position >= 1, before, carried)
 
 
-def _fired_frame(rows: pl.DataFrame, rule: str, evidence: pl.Expr) -> pl.DataFrame:
-    """Fired rows (with `seq`, for ordering) from triggering events."""
-    return rows.select(
+def _struggling_rows(
+    state: RuleArrays, slots: np.ndarray, t: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate `struggling` at every scored event (rows in arrival order); update `state`.
+
+    Returns (order, fire, kept, scores) over the rows sorted by user: `kept[i, k]` says whether
+    the user's k-th previous scored event (k = 0: this one) counts, `scores[i, k]` its score.
+    """
+    order, s, position, last = _runs(slots)
+    t, score = t[order], score[order]
+    m = len(s)
+    index = np.arange(m)
+    times = np.empty((m, STRUGGLING_LAST_N), dtype=np.int64)
+    scores = np.empty((m, STRUGGLING_LAST_N))
+    for k in range(STRUGGLING_LAST_N):
+        # k rows back within the batch, or carried slot k - position - 1 (0 = most recent)
+        in_batch = position >= k
+        back = np.where(in_batch, index - k, 0)
+        carried = np.clip(k - position - 1, 0, STRUGGLING_LAST_N - 1)
+        times[:, k] = np.where(in_batch, t[back], state.t[s, carried])
+        scores[:, k] = np.where(in_batch, score[back], state.score[s, carried])
+    kept = (times != NO_TIME) & (times > (t - STRUGGLING_WINDOW_US)[:, None])
+    n_kept = kept.sum(axis=1)
+    n_below = (kept & (scores < LOW_SCORE_THRESHOLD)).sum(axis=1)
+    cond = (n_kept >= STRUGGLING_MIN_EVENTS) & (n_below == n_kept)
+    fire = cond & ~_previous(cond, position, state.struggling[s])
+    ends = s[last]
+    state.t[ends] = times[last]
+    state.score[ends] = scores[last]
+    state.struggling[ends] = cond[last]
+    return order, fire, kept, scores
+
+
+def _low_performance_rows(
+    state: RuleArrays, slots: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate `low_performance` at every assessment (rows in arrival order); update `state`.
+
+    Returns (order, fire, previous score) over the rows sorted by user.
+    """
+    order, s, position, last = _runs(slots)
+    score = score[order]
+    carried_score = np.where(state.assessed[s], state.last_assessment[s], np.nan)
+    prev_score = _previous(score, position, carried_score)
+    # NaN (an unscored assessment) compares false: the pair does not hold
+    cond = (score < LOW_SCORE_THRESHOLD) & (prev_score < LOW_SCORE_THRESHOLD)
+    fire = cond & ~_previous(cond, position, state.assessed[s] & state.low_perf[s])
+    ends = s[last]
+    state.last_assessment[ends] = score[last]
+    state.assessed[ends] = True
+    state.low_perf[ends] = cond[last]
+    return order, fire, prev_score
+
+
+def _fired(events: pl.DataFrame, rows: np.ndarray, rule: str, evidence: pl.Expr, **extra: np.ndarray) -> pl.DataFrame:
+    """Fired rows (with `seq`, for ordering) from the triggering events `events[rows]`."""
+    picked = events[rows].with_columns(**{name: pl.Series(name, values) for name, values in extra.items()})
+    return picked.select(
         pl.col("seq"),
         pl.lit(rule, pl.String).alias("rule"),
         pl.col("user_key"),
@@ -122,210 +205,138 @@ def _fired_frame(rows: pl.DataFrame, rule: str, evidence: pl.Expr) -> pl.DataFra
     )
 
 
-def _struggling(state: pl.DataFrame, events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(updates: user_key + slot columns + struggling_active for users scored in the batch, fired)."""
-    batch = (
-        events.filter(pl.col("score").is_not_null())
-        .select("user_key", "t_us", "score", *_TRIGGER_COLS)
-        .with_columns(_src=pl.lit(1, pl.Int8), _pos=pl.col("seq"), _cond=pl.lit(None, pl.Boolean))
-    )
-    if batch.is_empty():
-        return _no_updates(_STRUGGLE_COLS), _no_fired()
-    carried = state.join(batch.select("user_key").unique(), on="user_key", how="semi")
-    # leading rows: the carried slots as events, oldest (slot 5) first; every one carries the
-    # last evaluation's result so that the first batch row's shift(1) reads it
-    lead = pl.concat(
-        [
-            carried.select(
-                "user_key",
-                pl.col(f"s{k}_t_us").alias("t_us"),
-                pl.col(f"s{k}_score").alias("score"),
-                *(pl.lit(None, batch.schema[c]).alias(c) for c in _TRIGGER_COLS),
-                _src=pl.lit(0, pl.Int8),
-                _pos=pl.lit(-k, pl.Int64),
-                _cond=pl.col("struggling_active"),
+def fire_event_rules(state: RuleArrays, slots: np.ndarray, events: pl.DataFrame) -> pl.DataFrame:
+    """Evaluate both rules at each matching event of a micro-batch; update `state` in place.
+
+    `events` has the `EVENT_BATCH_SCHEMA` columns in arrival order (`seq` ascending, also across
+    batches); `slots[i]` is the state row of `events[i]`'s user. Returns the fired rows with
+    `FIRED_SCHEMA`, in arrival order of their triggering event. Numpy over the batch's rows:
+    the cost does not depend on how many users the state holds.
+    """
+    if events.is_empty():
+        return _empty_fired()
+    score = events["score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    t = events["t_us"].to_numpy()
+    parts = []
+
+    scored = np.nonzero(~np.isnan(score))[0]
+    if len(scored):
+        order, fire, kept, scores = _struggling_rows(state, slots[scored], t[scored], score[scored])
+        if fire.any():
+            lags = range(STRUGGLING_LAST_N)
+            columns = {f"_kept{k}": kept[fire, k] for k in lags}
+            columns |= {f"_score{k}": scores[fire, k] for k in lags}
+            n_kept = kept[fire].sum(axis=1).astype(np.int64)
+            evidence = pl.struct(
+                # kept scores, oldest -> newest
+                scores=pl.concat_list(
+                    [pl.when(pl.col(f"_kept{k}")).then(pl.col(f"_score{k}")) for k in reversed(lags)]
+                ).list.drop_nulls(),
+                count=pl.col("_n"),
+                below=pl.col("_n"),  # fired: every kept score is below the threshold
+                window_hours=pl.lit(STRUGGLING_WINDOW_HOURS, pl.Int64),
+                threshold=pl.lit(int(LOW_SCORE_THRESHOLD), pl.Int64),
             )
-            for k in _SLOTS
-        ]
-    ).filter(pl.col("t_us").is_not_null())
-    rows = _sorted_by_user(lead, batch)
+            parts.append(_fired(events, scored[order][fire], "struggling", evidence, _n=n_kept, **columns))
 
-    # this and the previous ≤4 scored events of the user (arrival order); kept when within 24 h
-    lags = range(STRUGGLING_LAST_N)
-    rows = rows.with_columns(
-        *(_lag("t_us", k).alias(f"_t{k}") for k in lags),
-        *(_lag("score", k).alias(f"_score{k}") for k in lags),
-    ).with_columns(
-        (
-            pl.col(f"_t{k}").is_not_null()
-            & (pl.col(f"_t{k}") > pl.col("t_us") - STRUGGLING_WINDOW_US)
-        ).alias(f"_kept{k}")
-        for k in lags
+    assessed = np.nonzero(events["type"].is_in(ASSESSMENT_TYPES).to_numpy())[0]
+    if len(assessed):
+        order, fire, prev_score = _low_performance_rows(state, slots[assessed], score[assessed])
+        if fire.any():
+            evidence = pl.struct(
+                scores=pl.concat_list([pl.col("_prev_score"), pl.col("score")]),
+                threshold=pl.lit(int(LOW_SCORE_THRESHOLD), pl.Int64),
+                skill=pl.col("skill"),
+            )
+            parts.append(
+                _fired(events, assessed[order][fire], "low_performance", evidence, _prev_score=prev_score[fire])
+            )
+    if not parts:
+        return _empty_fired()
+    return (
+        pl.concat(parts, how="vertical_relaxed")
+        .sort("seq", "rule", maintain_order=True)
+        .select(*(pl.col(c).cast(t) for c, t in FIRED_SCHEMA.items()))
     )
-    kept = [pl.col(f"_kept{k}") for k in lags]
-    below = [pl.col(f"_kept{k}") & (pl.col(f"_score{k}") < LOW_SCORE_THRESHOLD) for k in lags]
-    n_kept = pl.sum_horizontal(*(k.cast(pl.Int64) for k in kept))
-    n_below = pl.sum_horizontal(*(b.cast(pl.Int64) for b in below))
-    is_batch = pl.col("_src") == 1
-    rows = rows.with_columns(_n=n_kept, _below=n_below).with_columns(
-        _cond=pl.when(is_batch)
-        .then((pl.col("_n") >= STRUGGLING_MIN_EVENTS) & (pl.col("_below") == pl.col("_n")))
-        .otherwise(pl.col("_cond"))
-    )
-    rows = rows.with_columns(_fire=is_batch & pl.col("_cond") & ~_lag("_cond", 1).fill_null(False))
-
-    evidence = pl.struct(
-        # kept scores, oldest → newest
-        scores=pl.concat_list(
-            [pl.when(pl.col(f"_kept{k}")).then(pl.col(f"_score{k}")) for k in reversed(lags)]
-        ).list.drop_nulls(),
-        count=pl.col("_n"),
-        below=pl.col("_below"),
-        window_hours=pl.lit(STRUGGLING_WINDOW_HOURS, pl.Int64),
-        threshold=pl.lit(int(LOW_SCORE_THRESHOLD), pl.Int64),
-    )
-    fired = _fired_frame(rows.filter(pl.col("_fire")), "struggling", evidence)
-
-    # new slots: at each user's last row, lag k is slot k + 1
-    updates = rows.filter(_IS_LAST).select(
-        "user_key",
-        *(pl.col(f"_t{k - 1}").alias(f"s{k}_t_us") for k in _SLOTS),
-        *(pl.col(f"_score{k - 1}").alias(f"s{k}_score") for k in _SLOTS),
-        pl.col("_cond").alias("struggling_active"),
-    )
-    return updates, fired
 
 
-def _low_performance(
-    state: pl.DataFrame, events: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(updates: user_key + the assessment columns for users assessed in the batch, fired)."""
-    batch = (
-        events.filter(pl.col("type").is_in(ASSESSMENT_TYPES))
-        .select("user_key", "t_us", "score", "skill", *_TRIGGER_COLS)
-        .with_columns(_src=pl.lit(1, pl.Int8), _pos=pl.col("seq"), _cond=pl.lit(None, pl.Boolean))
-    )
-    if batch.is_empty():
-        return _no_updates(_LOWPERF_COLS), _no_fired()
-    lead = (
-        state.join(batch.select("user_key").unique(), on="user_key", how="semi")
-        .filter(pl.col("has_assessment"))
-        .select(
-            "user_key",
-            pl.lit(None, pl.Int64).alias("t_us"),
-            pl.col("last_assessment_score").alias("score"),
-            pl.lit(None, pl.String).alias("skill"),
-            *(pl.lit(None, batch.schema[c]).alias(c) for c in _TRIGGER_COLS),
-            _src=pl.lit(0, pl.Int8),
-            _pos=pl.lit(-1, pl.Int64),
-            _cond=pl.col("low_perf_active"),
-        )
-    )
-    rows = _sorted_by_user(lead, batch)
-    is_batch = pl.col("_src") == 1
-    rows = rows.with_columns(_prev_score=_lag("score", 1)).with_columns(
-        # an unscored assessment (null) makes the pair false
-        _cond=pl.when(is_batch)
-        .then(
-            (
-                (pl.col("score") < LOW_SCORE_THRESHOLD)
-                & (pl.col("_prev_score") < LOW_SCORE_THRESHOLD)
-            ).fill_null(False)
-        )
-        .otherwise(pl.col("_cond"))
-    )
-    rows = rows.with_columns(_fire=is_batch & pl.col("_cond") & ~_lag("_cond", 1).fill_null(False))
-    evidence = pl.struct(
-        scores=pl.concat_list([pl.col("_prev_score"), pl.col("score")]),
-        threshold=pl.lit(int(LOW_SCORE_THRESHOLD), pl.Int64),
-        skill=pl.col("skill"),
-    )
-    fired = _fired_frame(rows.filter(pl.col("_fire")), "low_performance", evidence)
-    updates = rows.filter(_IS_LAST).select(
-        "user_key",
-        pl.col("score").alias("last_assessment_score"),
-        pl.lit(True).alias("has_assessment"),
-        pl.col("_cond").alias("low_perf_active"),
-    )
-    return updates, fired
+def struggling_at(t: np.ndarray, score: np.ndarray, as_of_us: int) -> np.ndarray:
+    """Whether the `struggling` condition holds at `as_of` for rows of `RuleArrays.t`/`.score`.
+
+    Among the carried last <= 5 scored events, those with t > as_of - 24 h must number >= 3 and
+    all be below 60. Events after `as_of` (the watermark lags the newest event) count as recent.
+    """
+    kept = (t != NO_TIME) & (t > as_of_us - STRUGGLING_WINDOW_US)
+    n_kept = kept.sum(axis=1)
+    n_below = (kept & (score < LOW_SCORE_THRESHOLD)).sum(axis=1)
+    return (n_kept >= STRUGGLING_MIN_EVENTS) & (n_below == n_kept)
 
 
-def _state_types(columns: list[str]) -> dict[str, pl.DataType]:
-    return {c: EVENT_RULE_STATE_SCHEMA[c] for c in columns}
+# ------------------------------------------------------------------ the frame form (one row per user)
 
 
-def _merge(base: pl.DataFrame, updates: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """Replace `columns` of the users in `updates` (nulls included) and keep the rest."""
-    if updates.is_empty():
-        return base
-    joined = base.join(
-        updates.with_columns(_upd=pl.lit(True)), on="user_key", how="left", suffix="_new"
+def _to_arrays(state: pl.DataFrame, slots: np.ndarray, n: int) -> RuleArrays:
+    arrays = RuleArrays.empty(n)
+    for k in _SLOTS:
+        arrays.t[slots, k - 1] = state[f"s{k}_t_us"].fill_null(NO_TIME).to_numpy()
+        arrays.score[slots, k - 1] = state[f"s{k}_score"].fill_null(np.nan).to_numpy()
+    arrays.struggling[slots] = state["struggling_active"].fill_null(False).to_numpy()
+    arrays.last_assessment[slots] = state["last_assessment_score"].fill_null(np.nan).to_numpy()
+    arrays.assessed[slots] = state["has_assessment"].fill_null(False).to_numpy()
+    arrays.low_perf[slots] = state["low_perf_active"].fill_null(False).to_numpy()
+    return arrays
+
+
+def _to_frame(keys: pl.Series, arrays: RuleArrays) -> pl.DataFrame:
+    def times(k: int) -> pl.Series:
+        column = arrays.t[:, k - 1]
+        return pl.Series(column).set(pl.Series(column == NO_TIME), None)  # type: ignore[arg-type]
+
+    return pl.DataFrame(
+        {
+            "user_key": keys,
+            **{f"s{k}_t_us": times(k) for k in _SLOTS},
+            **{f"s{k}_score": pl.Series(arrays.score[:, k - 1], nan_to_null=True) for k in _SLOTS},
+            "struggling_active": arrays.struggling,
+            "last_assessment_score": pl.Series(arrays.last_assessment, nan_to_null=True),
+            "has_assessment": arrays.assessed,
+            "low_perf_active": arrays.low_perf,
+        },
+        schema=EVENT_RULE_STATE_SCHEMA,
     )
-    has = pl.col("_upd").fill_null(False)
-    return joined.with_columns(
-        *(pl.when(has).then(pl.col(f"{c}_new")).otherwise(pl.col(c)).alias(c) for c in columns)
-    ).select(list(EVENT_RULE_STATE_SCHEMA))
 
 
 def apply_event_rules(
     state: pl.DataFrame, events: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Evaluate `struggling` and `low_performance` at each matching event of a micro-batch.
+    """`fire_event_rules` on state kept as a frame (one row per user, `EVENT_RULE_STATE_SCHEMA`).
 
-    `state` has `EVENT_RULE_STATE_SCHEMA` (start with `empty_event_rule_state()`); `events` has
-    the `EVENT_BATCH_SCHEMA` columns of accepted events, arrival order = `seq` ascending (also
-    across batches: a batch must not hold events that arrived before the previous batch's).
-    Returns (new state, one row per user of old state ∪ batch, sorted by user_key; fired rows
-    with `FIRED_SCHEMA`, in arrival order of their triggering event). Feeding the same events
-    split into several batches gives the same result as one batch.
+    `events` has the `EVENT_BATCH_SCHEMA` columns of accepted events, arrival order = `seq`
+    ascending (also across batches). Returns (new state, one row per user of old state ∪ batch,
+    sorted by user_key; fired rows with `FIRED_SCHEMA`, in arrival order of their triggering
+    event). Feeding the same events split into several batches gives the same result as one
+    batch. Start with `empty_event_rule_state()`.
     """
     state = state.select(*(pl.col(c).cast(t) for c, t in EVENT_RULE_STATE_SCHEMA.items()))
     if events.is_empty():
         return state.sort("user_key"), _empty_fired()
-
-    new_users = (
-        events.select("user_key")
-        .unique()
-        .join(state.select("user_key"), on="user_key", how="anti")
-        .with_columns(
-            *(
-                pl.lit(False).alias(c) if t == pl.Boolean else pl.lit(None, t).alias(c)
-                for c, t in EVENT_RULE_STATE_SCHEMA.items()
-                if c != "user_key"
-            )
-        )
-    )
-    base = pl.concat([state, new_users.select(list(EVENT_RULE_STATE_SCHEMA))])
-
-    s_updates, s_fired = _struggling(state, events)
-    l_updates, l_fired = _low_performance(state, events)
-    new_state = _merge(base, s_updates, _STRUGGLE_COLS)
-    new_state = _merge(new_state, l_updates, _LOWPERF_COLS).sort("user_key")
-
-    fired = (
-        pl.concat([s_fired, l_fired], how="vertical_relaxed")
-        .sort("seq", "rule", maintain_order=True)
-        .select(*(pl.col(c).cast(t) for c, t in FIRED_SCHEMA.items()))
-    )
-    return new_state, fired
+    events = events.sort("seq")
+    keys = pl.concat([state["user_key"], events["user_key"]]).unique().sort()
+    index = pl.DataFrame({"user_key": keys}).with_row_index("slot")
+    state_slots = state.join(index, on="user_key", how="left", maintain_order="left")["slot"].to_numpy()
+    arrays = _to_arrays(state, state_slots, len(keys))
+    slots = events.join(index, on="user_key", how="left", maintain_order="left")["slot"].to_numpy()
+    fired = fire_event_rules(arrays, slots.astype(np.int64), events)
+    return _to_frame(keys, arrays), fired
 
 
 def struggling_now(state: pl.DataFrame, as_of_us: int) -> pl.DataFrame:
-    """Whether the `struggling` condition holds at `as_of` (for `user_state.struggling`).
-
-    Among the carried last ≤5 scored events, those with t > as_of − 24 h must number ≥3 and all be
-    below 60. Events after `as_of` (the watermark lags the newest event) count as recent.
-    Returns user_key, struggling (bool) for every user in `state`.
-    """
-    cutoff = as_of_us - STRUGGLING_WINDOW_US
-    kept = [pl.col(f"s{k}_t_us").is_not_null() & (pl.col(f"s{k}_t_us") > cutoff) for k in _SLOTS]
-    below = [kept[k - 1] & (pl.col(f"s{k}_score") < LOW_SCORE_THRESHOLD) for k in _SLOTS]
-    n_kept = pl.sum_horizontal(*(e.cast(pl.Int64) for e in kept))
-    n_below = pl.sum_horizontal(*(e.cast(pl.Int64) for e in below))
-    return state.select(
-        pl.col("user_key").cast(pl.String),
-        ((n_kept >= STRUGGLING_MIN_EVENTS) & (n_below == n_kept)).alias("struggling"),
-    ).sort("user_key")
+    """`struggling_at` for state kept as a frame: user_key, struggling for every user in `state`."""
+    state = state.sort("user_key")
+    arrays = _to_arrays(state, np.arange(len(state)), len(state))
+    return pl.DataFrame(
+        {"user_key": state["user_key"].cast(pl.String), "struggling": struggling_at(arrays.t, arrays.score, as_of_us)}
+    )
 
 
 __all__ = [

@@ -39,7 +39,13 @@ from polars._typing import PolarsDataType
 
 from learnstream.config import Settings
 from operators.alerts import build_alerts
-from operators.event_rules import apply_event_rules, empty_event_rule_state, struggling_now
+from operators.event_rules import (
+    NO_TIME,
+    STRUGGLING_LAST_N,
+    RuleArrays,
+    fire_event_rules,
+    struggling_at,
+)
 from operators.timeutil import US_PER_DAY, day_end_us, local_day_of
 from operators.trends import skill_profile, trend_stats
 from schemas.events import ASSESSMENT_TYPES, COMPLETION_TYPES, EVENT_BATCH_SCHEMA
@@ -162,9 +168,27 @@ class _Arrays:
     #: day-valued entries start as "no day"; the other int32 entries are counters starting at 0
     DAYS = ("last_closed", "first_active", "last_active", "last_scored_day")
     INT64 = ("first_seen_us", "last_activity_us", "total_completions")
-    FLOAT = ("velocity_7d", "consistency_7d", "z_velocity", "z_engagement", "z_performance")
-    BOOL = ("armed_off_lc", "armed_off_vel", "armed_off_eng", "armed_off_perf", "dirty")
+    FLOAT = (
+        "velocity_7d",
+        "consistency_7d",
+        "z_velocity",
+        "z_engagement",
+        "z_performance",
+        "last_assessment",
+    )
+    BOOL = (
+        "armed_off_lc",
+        "armed_off_vel",
+        "armed_off_eng",
+        "armed_off_perf",
+        "dirty",
+        "struggling_active",
+        "assessed",
+        "low_perf_active",
+    )
     RINGS = ("ring_completions", "ring_time", "ring_score")
+    #: the event rules' last 5 scored events (see `operators.event_rules.RuleArrays`)
+    RULE_SLOTS = ("rule_t", "rule_score")
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = 0
@@ -189,7 +213,20 @@ class _Arrays:
             extend(name, np.bool_, False)
         for name in self.RINGS:
             extend(name, np.float64 if name == "ring_score" else np.float32, 0.0, RING)
+        extend("rule_t", np.int64, NO_TIME, STRUGGLING_LAST_N)
+        extend("rule_score", np.float64, np.nan, STRUGGLING_LAST_N)
         self.capacity = capacity
+
+    def rules(self) -> RuleArrays:
+        """The event-rule state (views of these arrays, indexed by slot)."""
+        return RuleArrays(
+            t=self.rule_t,
+            score=self.rule_score,
+            struggling=self.struggling_active,
+            last_assessment=self.last_assessment,
+            assessed=self.assessed,
+            low_perf=self.low_perf_active,
+        )
 
     def ensure(self, size: int) -> None:
         if size > self.capacity:
@@ -225,7 +262,6 @@ class UserAnalytics:
         self.scored = pl.DataFrame(schema=_SCORED_SCHEMA)
         self.skills = pl.DataFrame(schema={"slot": pl.Int64, "skill": pl.String})
         self._skills_deduped = 0
-        self.rules = empty_event_rule_state()
         self.watermark_us: int | None = None
 
     # ------------------------------------------------------------------ slots and zones
@@ -416,11 +452,7 @@ class UserAnalytics:
             pl.col("score").is_not_null() | pl.col("type").is_in(ASSESSMENT_TYPES)
         )
         if len(relevant):
-            involved = relevant.select("user_key").unique()
-            mine = self.rules.join(involved, on="user_key", how="semi")
-            updated, fired = apply_event_rules(mine, relevant.select(list(EVENT_BATCH_SCHEMA)))
-            rest = self.rules.join(involved, on="user_key", how="anti")
-            self.rules = pl.concat([rest, updated.select(rest.columns)])
+            fired = fire_event_rules(a.rules(), relevant["slot"].to_numpy(), relevant)
             if len(fired):
                 out.alerts = build_alerts(fired, emitted_at_us=emitted_at_us)
         return out
@@ -568,7 +600,6 @@ class UserAnalytics:
             alive = frame.filter(pl.col("slot").is_in(kept_slots.implode()))
             return alive.with_columns(slot=remap.gather(alive["slot"]))
 
-        gone_keys = self.slots["user_key"].filter(pl.Series(gone))
         for name, values in self.a.data.items():
             survivors = values[:n][keep]
             values[: len(survivors)] = survivors
@@ -581,7 +612,6 @@ class UserAnalytics:
         self.recent = renumber(self.recent)
         self.scored = renumber(self.scored)
         self.skills = renumber(self.skills)
-        self.rules = self.rules.filter(~pl.col("user_key").is_in(gone_keys.implode()))
         self.size = int(keep.sum())
         # reset the freed tail so a new user starts from clean state
         fresh = _Arrays(1)
@@ -926,11 +956,6 @@ class UserAnalytics:
             .drop("user_key")
         )
         keys = self.slots["user_key"]
-        struggling = (
-            struggling_now(self.rules, as_of_us)
-            .join(self.slots, on="user_key")
-            .select("slot", "struggling")
-        )
         nan_to_null = {
             c: pl.col(c).fill_nan(None)
             for c in (
@@ -967,12 +992,14 @@ class UserAnalytics:
                 ),
                 anomaly_performance=pl.Series(z_perf),
                 total_completions=pl.Series(a.total_completions[chosen]),
+                struggling=pl.Series(
+                    struggling_at(a.rule_t[chosen], a.rule_score[chosen], as_of_us)
+                ),
             )
             .with_columns(**nan_to_null)
             .join(engagement, on="slot", how="left")
             .join(trend, on="slot", how="left")
             .join(profile, on="slot", how="left")
-            .join(struggling, on="slot", how="left")
             .with_columns(
                 as_of=pl.lit(as_of_us).cast(pl.Datetime("us", "UTC")),
                 engagement_7d=0.5
@@ -985,7 +1012,6 @@ class UserAnalytics:
                 trend_confidence=pl.col("trend_confidence").fill_null(0.0),
                 strengths=pl.col("strengths").fill_null(pl.lit([], dtype=pl.List(pl.String))),
                 weaknesses=pl.col("weaknesses").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-                struggling=pl.col("struggling").fill_null(False),
                 emitted_at=pl.lit(emitted_at_us).cast(pl.Datetime("us", "UTC")),
             )
         )
