@@ -27,6 +27,7 @@ final watermark is then the newest event time of all.
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -324,9 +325,11 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         self.watermarks: dict[str, int | None] = dict.fromkeys(cfg.sources)
         #: source partitions whose finite input has ended
         self.finals: set[str] = set()
-        #: live mode: when user_state may next be evaluated; whether changes await it
+        #: live mode: when user_state may next be evaluated; whether changes await it. The
+        #: first time is random within one interval, so that the shards of a worker take turns
+        #: (an evaluation costs one shard's users; all at once would stall the worker).
         self.interval_us = _us(cfg.state_interval)
-        self.next_eval_us = 0
+        self.next_eval_us = now_us() + int.from_bytes(os.urandom(4), "big") % max(1, self.interval_us)
         self.pending = False
         if resume is not None:
             self.watermarks.update(resume["watermarks"])

@@ -902,12 +902,24 @@ class UserAnalytics:
             return USER_STATE.empty(), USER_SKILL_STATE.empty()
         today = self._closed_horizon(a.zone[:n], as_of_us, final=True)
 
+        # only the chosen users' rows of the event-level state are read (O(chosen), not O(all))
+        if len(chosen) < n:
+            mark = np.zeros(n, dtype=np.bool_)
+            mark[chosen] = True
+
+            def mine(frame: pl.DataFrame) -> pl.DataFrame:
+                return frame.filter(pl.Series(mark[frame["slot"].to_numpy()]))
+        else:
+
+            def mine(frame: pl.DataFrame) -> pl.DataFrame:
+                return frame
+
         # open active days (live mode: today and yesterday) extend the closed streak
         latest = a.last_active[:n].astype(np.int64).copy()
         at_latest = a.last_run[:n].astype(np.int64).copy()
         longest = a.longest[:n].astype(np.int64).copy()
         days_active = a.days_active[:n].astype(np.int64).copy()
-        open_active = self.open_days.filter(pl.col("completions") > 0).select(
+        open_active = mine(self.open_days).filter(pl.col("completions") > 0).select(
             "slot", pl.col("date").cast(pl.Int32).alias("d")
         )
         if len(open_active):
@@ -921,14 +933,21 @@ class UserAnalytics:
                 )
                 .group_by("slot", "run")
                 .agg(start=pl.col("d").min(), end=pl.col("d").max(), length=pl.len())
-                .to_numpy()
+                .sort("slot", "end")
             )
-            for slot, _run, start, end, length in sorted(runs.tolist(), key=lambda r: (r[0], r[3])):
-                joined = length + (a.streak[slot] if start == a.last_closed[slot] + 1 else 0)
-                longest[slot] = max(longest[slot], joined)
-                days_active[slot] += length
-                latest[slot] = end
-                at_latest[slot] = joined
+            r_slot = runs["slot"].to_numpy()
+            r_start = runs["start"].to_numpy().astype(np.int64)
+            r_length = runs["length"].to_numpy().astype(np.int64)
+            # a run that starts right after the last closed day continues the closed streak
+            continues = r_start == a.last_closed[r_slot].astype(np.int64) + 1
+            joined = r_length + np.where(continues, a.streak[r_slot], 0)
+            np.maximum.at(longest, r_slot, joined)
+            np.add.at(days_active, r_slot, r_length)
+            # the newest run (runs are sorted by slot, end) sets the latest active day
+            newest = np.ones(len(r_slot), dtype=np.bool_)
+            newest[:-1] = r_slot[1:] != r_slot[:-1]
+            latest[r_slot[newest]] = runs["end"].to_numpy()[newest]
+            at_latest[r_slot[newest]] = joined[newest]
         ever = latest != _NO_DAY
         delta = np.where(ever, today - latest, 10**6)
         current = np.where(ever & (delta <= 1), at_latest, 0)
@@ -937,18 +956,17 @@ class UserAnalytics:
         )
 
         users = pl.DataFrame({"slot": chosen.astype(np.int64)})
-        window = self.recent.filter(
+        window = mine(self.recent).filter(
             pl.col("t_us") > as_of_us - 7 * US_PER_DAY, pl.col("t_us") <= as_of_us
         )
         engagement = window.group_by("slot").agg(
             spent=pl.col("time_spent_s").sum(), done=pl.col("completion").sum()
         )
-        trend = trend_stats(
-            self.scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"]
-        )
+        scored = mine(self.scored)
+        trend = trend_stats(scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"])
         profile = (
             skill_profile(
-                self.scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
+                scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
                 as_of_us=as_of_us,
                 window_us=30 * US_PER_DAY,
             )
@@ -1020,7 +1038,7 @@ class UserAnalytics:
         self._dedupe_skills()
         pairs = self.skills.filter(pl.col("slot").is_in(chosen))
         skill_trend = trend_stats(
-            self.scored.filter(pl.col("skill").is_not_null()),
+            scored.filter(pl.col("skill").is_not_null()),
             as_of_us=as_of_us,
             window_us=self.trend_window_us,
             by=["slot", "skill"],
