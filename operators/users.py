@@ -65,6 +65,8 @@ FLOOR_SCORE = 5.0
 _NO_DAY = np.iinfo(np.int32).min
 _EPOCH = Date(1970, 1, 1)
 
+_NO_EVENTS = pl.DataFrame(schema=EVENT_BATCH_SCHEMA)
+
 _PER_TYPE = {
     "lessons_completed": "lesson_completed",
     "exercises_completed": "exercise_completed",
@@ -136,7 +138,7 @@ class UserOutput:
     user_state: pl.DataFrame = field(default_factory=USER_STATE.empty)
     user_skill_state: pl.DataFrame = field(default_factory=USER_SKILL_STATE.empty)
     alerts: pl.DataFrame = field(default_factory=ALERTS.empty)
-    late: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=EVENT_BATCH_SCHEMA))
+    late: pl.DataFrame = field(default_factory=lambda: _NO_EVENTS)
     accepted: int = 0
 
     def extend(self, other: UserOutput) -> None:
@@ -253,6 +255,7 @@ class UserAnalytics:
         self.size = 0
         self.a = _Arrays()
         self.slots = pl.DataFrame(schema={"user_key": pl.String, "slot": pl.Int64})
+        self._hash_index: tuple[np.ndarray, np.ndarray] | None = None
         self.cohort_id = pl.Series("cohort_id", [], dtype=pl.String)
         self.org_id = pl.Series("org_id", [], dtype=pl.String)
         self.zones: list[str] = []
@@ -274,22 +277,53 @@ class UserAnalytics:
             pl.DataFrame({"z": zones}).join(lookup, on="z", how="left", maintain_order="left")["zi"]
         ).to_numpy()
 
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted hashes of user_key, their slots): derived from `slots`, rebuilt on demand."""
+        if self._hash_index is None:
+            hashes = self.slots["user_key"].hash(seed=0).to_numpy()
+            order = np.argsort(hashes, kind="stable")
+            self._hash_index = (hashes[order], order.astype(np.int64))
+        return self._hash_index
+
+    def _lookup(self, keys: pl.Series) -> np.ndarray:
+        """Slot of each distinct key (-1: unknown) through the hash index, O(keys · log users).
+
+        A hash found is checked against the stored key; should two keys share a hash (rare),
+        the batch is looked up by joining on the strings instead."""
+        hashes, slots = self._index()
+        if len(hashes) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        h = keys.hash(seed=0).to_numpy()
+        pos = np.minimum(np.searchsorted(hashes, h), len(hashes) - 1)
+        found = hashes[pos] == h
+        slot = np.where(found, slots[pos], -1)
+        if found.any():
+            stored = self.slots["user_key"].gather(slot[found])
+            if not (stored == keys.filter(pl.Series(found))).all():
+                known = pl.DataFrame({"user_key": keys}).join(
+                    self.slots, on="user_key", how="left", maintain_order="left"
+                )
+                return np.array(known["slot"].fill_null(-1).to_numpy(), dtype=np.int64)
+        return slot
+
     def _assign_slots(self, keys: pl.Series) -> pl.DataFrame:
         """user_key -> slot for the distinct keys of a batch, creating slots for new users."""
-        distinct = pl.DataFrame({"user_key": keys.unique(maintain_order=True)})
-        known = distinct.join(self.slots, on="user_key", how="left", maintain_order="left")
-        new = known.filter(pl.col("slot").is_null()).select("user_key")
-        if len(new):
-            new = new.with_columns(
-                slot=pl.int_range(self.size, self.size + len(new), dtype=pl.Int64)
+        distinct = keys.unique(maintain_order=True)
+        slot = self._lookup(distinct)
+        new = slot < 0
+        if new.any():
+            count = int(new.sum())
+            slot[new] = np.arange(self.size, self.size + count, dtype=np.int64)
+            self.slots = pl.concat(
+                [self.slots, pl.DataFrame({"user_key": distinct.filter(pl.Series(new)), "slot": slot[new]})]
             )
-            self.slots = pl.concat([self.slots, new])
-            self.size += len(new)
+            self.size += count
             self.a.ensure(self.size)
             grow = self.size - len(self.cohort_id)
             self.cohort_id = self.cohort_id.extend(pl.Series([None] * grow, dtype=pl.String))
             self.org_id = self.org_id.extend(pl.Series([None] * grow, dtype=pl.String))
-        return distinct.join(self.slots, on="user_key", how="left", maintain_order="left")
+            self._hash_index = None
+        return pl.DataFrame({"user_key": distinct, "slot": slot})
 
     def _closed_horizon(self, zone_ids: np.ndarray, as_of_us: int, final: bool) -> np.ndarray:
         """Per user: the last local day the watermark has closed (SPEC §4)."""
@@ -329,7 +363,9 @@ class UserAnalytics:
         if top is None:
             return None
         threshold = int(top) - self.state_ttl_us  # type: ignore[arg-type]
-        known = events.select("user_key").unique().join(self.slots, on="user_key")
+        distinct = events["user_key"].unique()
+        slot = self._lookup(distinct)
+        known = pl.DataFrame({"user_key": distinct, "slot": slot}).filter(pl.col("slot") >= 0)
         last = self.a.last_activity_us[known["slot"].to_numpy()]
         oldest = min(int(events["t_us"].min()), int(last.min()) if len(last) else 2**62)  # type: ignore[arg-type]
         if oldest >= threshold:
@@ -605,6 +641,7 @@ class UserAnalytics:
             values[: len(survivors)] = survivors
             self.a.data[name] = values
         self.slots = renumber(self.slots)
+        self._hash_index = None
         self.cohort_id = self.cohort_id.filter(pl.Series(keep))
         self.org_id = self.org_id.filter(pl.Series(keep))
         self.open_days = renumber(self.open_days)
@@ -1063,7 +1100,7 @@ class UserAnalytics:
     # ------------------------------------------------------------------ recovery
     def snapshot(self) -> dict[str, Any]:
         """Plain picklable copy of the whole state."""
-        state = {k: v for k, v in self.__dict__.items() if k != "a"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("a", "_hash_index")}
         state["arrays"] = {k: v[: self.size].copy() for k, v in self.a.data.items()}
         return state
 
@@ -1072,6 +1109,7 @@ class UserAnalytics:
         self = cls.__new__(cls)
         arrays = snap["arrays"]
         self.__dict__.update({k: v for k, v in snap.items() if k != "arrays"})
+        self._hash_index = None
         self.a = _Arrays(max(1024, self.size))
         for k, v in arrays.items():
             self.a.data[k][: len(v)] = v

@@ -46,7 +46,15 @@ class Table:
         return frame.select(exprs)
 
     def empty(self) -> pl.DataFrame:
-        return pl.DataFrame(schema=self.schema)
+        """A frame with no rows and this table's schema (shared: frames are never changed in
+        place here, and building one costs ~0.2 ms, which adds up per micro-batch)."""
+        frame = _EMPTY.get(self.name)
+        if frame is None:
+            frame = _EMPTY[self.name] = pl.DataFrame(schema=self.schema)
+        return frame
+
+
+_EMPTY: dict[str, pl.DataFrame] = {}
 
 
 _DAILY_AGG: dict[str, PolarsDataType] = {
