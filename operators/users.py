@@ -19,7 +19,8 @@ Bounded state (horizon of each piece):
   `state_ttl` are evicted by `evict_idle` after their final `user_state` row was written.
 * daily rings of the last 28 closed days (completions, time spent) and of the last 28 scored days'
   mean score: the anomaly baselines; fixed size per user.
-* open days: only days not yet closed (today and yesterday, within `allowed_lateness`).
+* open days: only days not yet closed (today and yesterday, within `allowed_lateness`), kept as
+  partial sums appended per batch and merged per key once they have doubled (and at close).
 * `recent`: accepted events of the trailing 7 days (for `engagement_7d`); `scored`: scored events of the
   trailing `trend_window` (trends, strengths, weaknesses). Bounded by time, not by history length.
 * the event-rule state: the last 5 scored events and the last assessment score per user.
@@ -261,6 +262,8 @@ class UserAnalytics:
         self.zones: list[str] = []
         self.open_days = pl.DataFrame(schema=_OPEN_DAY_SCHEMA)
         self.open_skill_days = pl.DataFrame(schema=_OPEN_SKILL_SCHEMA)
+        #: rows of the open-day frames at their last merge (they hold partial sums in between)
+        self._open_merged = 0
         self.recent = pl.DataFrame(schema=_RECENT_SCHEMA)
         self.scored = pl.DataFrame(schema=_SCORED_SCHEMA)
         self.skills = pl.DataFrame(schema={"slot": pl.Int64, "skill": pl.String})
@@ -514,42 +517,12 @@ class UserAnalytics:
             org_id=pl.col("org_id").drop_nulls().last(),
             org_seq=pl.col("seq").filter(pl.col("org_id").is_not_null()).last(),
         )
-        typed = day.select(list(_OPEN_DAY_SCHEMA)).cast(dict(_OPEN_DAY_SCHEMA))  # type: ignore[arg-type]
-        merged = pl.concat([self.open_days, typed])
-        sums = [
-            c
-            for c in _OPEN_DAY_SCHEMA
-            if c
-            not in (
-                "slot",
-                "date",
-                "min_score",
-                "max_score",
-                "cohort_id",
-                "cohort_seq",
-                "org_id",
-                "org_seq",
-            )
-        ]
-        self.open_days = (
-            merged.group_by("slot", "date", maintain_order=True)
-            .agg(
-                *[pl.col(c).sum() for c in sums],
-                min_score=pl.col("min_score").min(),
-                max_score=pl.col("max_score").max(),
-                cohort_id=pl.col("cohort_id")
-                .sort_by("cohort_seq", nulls_last=False)
-                .drop_nulls()
-                .last(),
-                cohort_seq=pl.col("cohort_seq").max(),
-                org_id=pl.col("org_id").sort_by("org_seq", nulls_last=False).drop_nulls().last(),
-                org_seq=pl.col("org_seq").max(),
-            )
-            .select(list(_OPEN_DAY_SCHEMA))
-        )
         # score_sum of a day without scores must stay null-free for arithmetic
-        self.open_days = self.open_days.with_columns(pl.col("score_sum").fill_null(0.0))
-
+        typed = (
+            day.select(list(_OPEN_DAY_SCHEMA))
+            .cast(dict(_OPEN_DAY_SCHEMA))  # type: ignore[arg-type]
+            .with_columns(pl.col("score_sum").fill_null(0.0))
+        )
         skill = (
             events.filter(pl.col("skill").is_not_null())
             .group_by("slot", "date", "skill")
@@ -559,16 +532,21 @@ class UserAnalytics:
                 score_sum=score.fill_null(0.0).sum(),
                 time_spent_s=dur.sum(),
             )
+            .select(list(_OPEN_SKILL_SCHEMA))
         )
-        merged_skill = pl.concat([self.open_skill_days, skill.select(list(_OPEN_SKILL_SCHEMA))])
-        self.open_skill_days = merged_skill.group_by(
-            "slot", "date", "skill", maintain_order=True
-        ).agg(
-            pl.col("completions").sum(),
-            pl.col("scored_events").sum(),
-            pl.col("score_sum").sum(),
-            pl.col("time_spent_s").sum(),
-        )
+        # Appended as partial sums (O(batch)); merged per key when the frames have doubled
+        # since the last merge (amortised O(1) per row) and, for the closing rows, at close.
+        self.open_days = pl.concat([self.open_days, typed])
+        self.open_skill_days = pl.concat([self.open_skill_days, skill])
+        grown = len(self.open_days) + len(self.open_skill_days)
+        if grown > 2 * self._open_merged + 20_000 or self.open_days.n_chunks() > 200:
+            self._merge_open_days()
+
+    def _merge_open_days(self) -> None:
+        """One row per (user, day) and per (user, day, skill) in the open-day frames."""
+        self.open_days = _merge_day_rows(self.open_days)
+        self.open_skill_days = _merge_skill_rows(self.open_skill_days)
+        self._open_merged = len(self.open_days) + len(self.open_skill_days)
 
     # ------------------------------------------------------------------ closing days
     def advance(
@@ -664,12 +642,12 @@ class UserAnalytics:
         days = self.open_days.join(target_of, on="slot").with_columns(
             closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
         )
-        closing = days.filter("closing").drop("target", "closing").sort("slot", "date")
+        closing = _merge_day_rows(days.filter("closing").drop("target", "closing")).sort("slot", "date")
         self.open_days = days.filter(~pl.col("closing")).drop("target", "closing")
         skill_days = self.open_skill_days.join(target_of, on="slot").with_columns(
             closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
         )
-        closing_skill = skill_days.filter("closing").drop("target", "closing")
+        closing_skill = _merge_skill_rows(skill_days.filter("closing").drop("target", "closing"))
         self.open_skill_days = skill_days.filter(~pl.col("closing")).drop("target", "closing")
 
         c_slot = closing["slot"].to_numpy()
@@ -1114,6 +1092,40 @@ class UserAnalytics:
         for k, v in arrays.items():
             self.a.data[k][: len(v)] = v
         return self
+
+
+def _merge_day_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Partial open-day rows -> one row per (slot, date): sums add up, min/max combine, and the
+    cohort/org of the row with the highest `seq` wins (the last non-null one seen)."""
+    sums = [
+        c
+        for c in _OPEN_DAY_SCHEMA
+        if c
+        not in ("slot", "date", "min_score", "max_score", "cohort_id", "cohort_seq", "org_id", "org_seq")
+    ]
+    return (
+        rows.group_by("slot", "date", maintain_order=True)
+        .agg(
+            *[pl.col(c).sum() for c in sums],
+            min_score=pl.col("min_score").min(),
+            max_score=pl.col("max_score").max(),
+            cohort_id=pl.col("cohort_id").sort_by("cohort_seq", nulls_last=False).drop_nulls().last(),
+            cohort_seq=pl.col("cohort_seq").max(),
+            org_id=pl.col("org_id").sort_by("org_seq", nulls_last=False).drop_nulls().last(),
+            org_seq=pl.col("org_seq").max(),
+        )
+        .select(list(_OPEN_DAY_SCHEMA))
+    )
+
+
+def _merge_skill_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Partial open skill-day rows -> one row per (slot, date, skill)."""
+    return rows.group_by("slot", "date", "skill", maintain_order=True).agg(
+        pl.col("completions").sum(),
+        pl.col("scored_events").sum(),
+        pl.col("score_sum").sum(),
+        pl.col("time_spent_s").sum(),
+    )
 
 
 class _Fired:
