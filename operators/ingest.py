@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from learnstream.config import Settings
+from operators.keyindex import KeyIndex
 from operators.timeutil import US_PER_DAY, day_end_us
 from schemas.events import EVENT_BATCH_SCHEMA
 
@@ -55,7 +57,12 @@ class Admission:
         self.lateness_us = _us(settings.allowed_lateness)
         self.horizon_us = _us(settings.dedup_horizon)
         self.max_event_us: int | None = None
-        self.seen = pl.DataFrame(schema={"event_id": pl.String, "seen_t_us": pl.Int64})
+        #: event_id -> row; `seen_t[row]` the event time it was last accepted with. Rows older
+        #: than `keep_after` count as not seen and are dropped when the rows have doubled.
+        self.ids = KeyIndex()
+        self.seen_t = np.zeros(0, dtype=np.int64)
+        self.keep_after = -(2**62)
+        self._compacted = 0
 
     @property
     def watermark_us(self) -> int | None:
@@ -69,8 +76,13 @@ class Admission:
             return Admitted(events, events, 0, self.watermark_us)
 
         # -- duplicates: against earlier batches, then within this batch (first occurrence wins)
-        frame = events.join(self.seen, on="event_id", how="left", maintain_order="left").with_columns(
-            first_in_batch=pl.col("event_id").is_first_distinct()
+        row = self.ids.lookup(events["event_id"])
+        seen_t = self.seen_t[np.maximum(row, 0)] if len(self.seen_t) else np.zeros(len(row), np.int64)
+        known = (row >= 0) & (seen_t >= self.keep_after)
+        frame = events.with_columns(
+            seen_t_us=pl.Series(seen_t, dtype=pl.Int64).set(pl.Series(~known), None),  # type: ignore[arg-type]
+            _row=pl.Series(row, dtype=pl.Int64),
+            first_in_batch=pl.col("event_id").is_first_distinct(),
         )
         repeats = frame.filter(~pl.col("first_in_batch"))
         if len(repeats):
@@ -116,21 +128,40 @@ class Admission:
             self.max_event_us = top if self.max_event_us is None else max(self.max_event_us, top)
 
         # -- remember ids of valid records (a re-used id outside the horizon replaces the old one);
-        #    evict those past the horizon
-        fresh = valid.select("event_id", pl.col("t_us").alias("seen_t_us")).unique(
-            "event_id", keep="last", maintain_order=True
-        )
-        reused = valid.filter(pl.col("seen_t_us").is_not_null())["event_id"]
-        keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
-        seen = self.seen
-        if len(reused):
-            seen = seen.filter(~pl.col("event_id").is_in(reused.implode()))
-        self.seen = pl.concat([seen, fresh]).filter(pl.col("seen_t_us") >= keep_after)
+        #    ids past the horizon count as not seen from now on
+        fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
+        old = fresh.filter(pl.col("_row") >= 0)
+        new = fresh.filter(pl.col("_row") < 0)
+        self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
+        self.ids.append(new["event_id"])
+        self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
+        self.keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
+        if len(self.seen_t) > 2 * self._compacted + 100_000:
+            self._compact()
         return Admitted(accepted, late, duplicates, self.watermark_us)
 
+    def _compact(self) -> None:
+        """Drop the ids past the horizon (amortised: when the rows have doubled)."""
+        alive = self.seen_t >= self.keep_after
+        self.ids.replace(self.ids.keys.filter(pl.Series(alive)))
+        self.seen_t = self.seen_t[alive]
+        self._compacted = len(self.seen_t)
+
+    @property
+    def seen(self) -> pl.DataFrame:
+        """The ids that count as seen: event_id, seen_t_us (the event time last accepted)."""
+        alive = self.seen_t >= self.keep_after
+        return pl.DataFrame(
+            {"event_id": self.ids.keys.filter(pl.Series(alive)), "seen_t_us": self.seen_t[alive]}
+        )
+
     def snapshot(self) -> dict[str, object]:
-        return {"max_event_us": self.max_event_us, "seen": self.seen.to_arrow()}
+        return {"max_event_us": self.max_event_us, "seen": self.seen.to_arrow(), "keep_after": self.keep_after}
 
     def restore(self, snap: dict[str, object]) -> None:
         self.max_event_us = snap["max_event_us"]  # type: ignore[assignment]
-        self.seen = pl.from_arrow(snap["seen"])  # type: ignore[assignment,arg-type]
+        seen: pl.DataFrame = pl.from_arrow(snap["seen"])  # type: ignore[assignment]
+        self.ids = KeyIndex(seen["event_id"])
+        self.seen_t = seen["seen_t_us"].to_numpy().copy()
+        self.keep_after = snap.get("keep_after", -(2**62))  # type: ignore[assignment]
+        self._compacted = len(self.seen_t)

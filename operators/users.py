@@ -47,6 +47,7 @@ from operators.event_rules import (
     fire_event_rules,
     struggling_at,
 )
+from operators.keyindex import KeyIndex
 from operators.timeutil import US_PER_DAY, day_end_us, local_day_of
 from operators.trends import skill_profile, trend_stats
 from schemas.events import ASSESSMENT_TYPES, COMPLETION_TYPES, EVENT_BATCH_SCHEMA
@@ -256,7 +257,8 @@ class UserAnalytics:
         self.size = 0
         self.a = _Arrays()
         self.slots = pl.DataFrame(schema={"user_key": pl.String, "slot": pl.Int64})
-        self._hash_index: tuple[np.ndarray, np.ndarray] | None = None
+        #: user_key -> slot (row i of `slots` is slot i)
+        self._slot_index = KeyIndex()
         self.cohort_id = pl.Series("cohort_id", [], dtype=pl.String)
         self.org_id = pl.Series("org_id", [], dtype=pl.String)
         self.zones: list[str] = []
@@ -280,52 +282,20 @@ class UserAnalytics:
             pl.DataFrame({"z": zones}).join(lookup, on="z", how="left", maintain_order="left")["zi"]
         ).to_numpy()
 
-    def _index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted hashes of user_key, their slots): derived from `slots`, rebuilt on demand."""
-        if self._hash_index is None:
-            hashes = self.slots["user_key"].hash(seed=0).to_numpy()
-            order = np.argsort(hashes, kind="stable")
-            self._hash_index = (hashes[order], order.astype(np.int64))
-        return self._hash_index
-
-    def _lookup(self, keys: pl.Series) -> np.ndarray:
-        """Slot of each distinct key (-1: unknown) through the hash index, O(keys · log users).
-
-        A hash found is checked against the stored key; should two keys share a hash (rare),
-        the batch is looked up by joining on the strings instead."""
-        hashes, slots = self._index()
-        if len(hashes) == 0:
-            return np.full(len(keys), -1, dtype=np.int64)
-        h = keys.hash(seed=0).to_numpy()
-        pos = np.minimum(np.searchsorted(hashes, h), len(hashes) - 1)
-        found = hashes[pos] == h
-        slot = np.where(found, slots[pos], -1)
-        if found.any():
-            stored = self.slots["user_key"].gather(slot[found])
-            if not (stored == keys.filter(pl.Series(found))).all():
-                known = pl.DataFrame({"user_key": keys}).join(
-                    self.slots, on="user_key", how="left", maintain_order="left"
-                )
-                return np.array(known["slot"].fill_null(-1).to_numpy(), dtype=np.int64)
-        return slot
-
     def _assign_slots(self, keys: pl.Series) -> pl.DataFrame:
         """user_key -> slot for the distinct keys of a batch, creating slots for new users."""
         distinct = keys.unique(maintain_order=True)
-        slot = self._lookup(distinct)
+        slot = self._slot_index.lookup(distinct)
         new = slot < 0
         if new.any():
-            count = int(new.sum())
-            slot[new] = np.arange(self.size, self.size + count, dtype=np.int64)
-            self.slots = pl.concat(
-                [self.slots, pl.DataFrame({"user_key": distinct.filter(pl.Series(new)), "slot": slot[new]})]
-            )
-            self.size += count
+            fresh = distinct.filter(pl.Series(new))
+            slot[new] = self._slot_index.append(fresh)
+            self.slots = pl.concat([self.slots, pl.DataFrame({"user_key": fresh, "slot": slot[new]})])
+            self.size += len(fresh)
             self.a.ensure(self.size)
             grow = self.size - len(self.cohort_id)
             self.cohort_id = self.cohort_id.extend(pl.Series([None] * grow, dtype=pl.String))
             self.org_id = self.org_id.extend(pl.Series([None] * grow, dtype=pl.String))
-            self._hash_index = None
         return pl.DataFrame({"user_key": distinct, "slot": slot})
 
     def _closed_horizon(self, zone_ids: np.ndarray, as_of_us: int, final: bool) -> np.ndarray:
@@ -367,7 +337,7 @@ class UserAnalytics:
             return None
         threshold = int(top) - self.state_ttl_us  # type: ignore[arg-type]
         distinct = events["user_key"].unique()
-        slot = self._lookup(distinct)
+        slot = self._slot_index.lookup(distinct)
         known = pl.DataFrame({"user_key": distinct, "slot": slot}).filter(pl.col("slot") >= 0)
         last = self.a.last_activity_us[known["slot"].to_numpy()]
         oldest = min(int(events["t_us"].min()), int(last.min()) if len(last) else 2**62)  # type: ignore[arg-type]
@@ -619,7 +589,7 @@ class UserAnalytics:
             values[: len(survivors)] = survivors
             self.a.data[name] = values
         self.slots = renumber(self.slots)
-        self._hash_index = None
+        self._slot_index.replace(self.slots["user_key"])
         self.cohort_id = self.cohort_id.filter(pl.Series(keep))
         self.org_id = self.org_id.filter(pl.Series(keep))
         self.open_days = renumber(self.open_days)
@@ -1078,7 +1048,7 @@ class UserAnalytics:
     # ------------------------------------------------------------------ recovery
     def snapshot(self) -> dict[str, Any]:
         """Plain picklable copy of the whole state."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("a", "_hash_index")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("a", "_slot_index")}
         state["arrays"] = {k: v[: self.size].copy() for k, v in self.a.data.items()}
         return state
 
@@ -1087,7 +1057,7 @@ class UserAnalytics:
         self = cls.__new__(cls)
         arrays = snap["arrays"]
         self.__dict__.update({k: v for k, v in snap.items() if k != "arrays"})
-        self._hash_index = None
+        self._slot_index = KeyIndex(self.slots["user_key"])
         self.a = _Arrays(max(1024, self.size))
         for k, v in arrays.items():
             self.a.data[k][: len(v)] = v

@@ -6,7 +6,6 @@ import json
 import statistics
 from datetime import date
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -298,28 +297,3 @@ def test_end_of_input_closes_a_day_that_lies_ahead_in_the_users_last_zone() -> N
     assert rows["date"].to_list() == [date(2026, 3, 1), date(2026, 3, 2)]
     assert int(rows["events"].sum()) == 2
 
-
-def test_slot_lookup_is_exact_when_hashes_collide() -> None:
-    # user_key -> slot goes through a sorted index of 64-bit hashes. Fake a collision: every
-    # entry of the index carries the hash of "b" but points at a's slot (0). The stored key at
-    # slot 0 is "a", not "b", so the lookup must fall back to the strings: b is slot 1, and a
-    # key never seen is -1 (new).
-    users = UserAnalytics(Settings())
-    users.ingest(
-        events(
-            """
-            | user | type             | timestamp            |
-            | a    | lesson_completed | 2026-03-01T10:00:00Z |
-            | b    | lesson_completed | 2026-03-01T11:00:00Z |
-            """
-        ),
-        emitted_at_us=0,
-    )
-    assert users._lookup(pl.Series(["b", "a", "new"])).tolist() == [1, 0, -1]
-    b_hash = pl.Series(["b"]).hash(seed=0).to_numpy()[0]
-    users._hash_index = (np.array([b_hash, b_hash], dtype=np.uint64), np.array([0, 0]))
-    assert users._lookup(pl.Series(["b", "a", "new"])).tolist() == [1, 0, -1]
-    # a later batch with b and a new user c still lands on the right slots
-    users._hash_index = (np.array([b_hash, b_hash], dtype=np.uint64), np.array([0, 0]))
-    keyed = users._assign_slots(pl.Series(["b", "c"]))
-    assert keyed.rows() == [("b", 1), ("c", 2)]
