@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import structlog
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from schemas.tables import TABLES, Table
@@ -41,6 +42,8 @@ TableValue = pl.DataFrame | tuple[str, pl.DataFrame]
 ResumeState = dict[str, Any]
 
 PARTITION = "tables"
+
+log = structlog.get_logger(__name__)
 
 
 def _signatures(tables: dict[str, Table]) -> dict[tuple[str, ...], str]:
@@ -99,6 +102,12 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
         for name, frame in frames:
             self._store.write(name, frame)
         stats = self._store.commit()
+        log.debug(
+            "tables_committed",
+            rows=sum(stats.rows.values()),
+            parquet_s=round(stats.parquet_s, 3),
+            duckdb_s=round(stats.duckdb_s, 3),
+        )
         if stats.rows:
             self._commits += 1
             self._committed_at = datetime.now(UTC).isoformat()
@@ -141,7 +150,9 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
 
     def snapshot(self) -> ResumeState:
         """Commit first, so Bytewax's recovery snapshot never runs ahead of durable output."""
+        started = time.perf_counter()
         self._drain()
+        log.debug("tables_snapshot_drained", waited_s=round(time.perf_counter() - started, 3))
         return {"commits": self._commits, "committed_at": self._committed_at}
 
     def close(self) -> None:
