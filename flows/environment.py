@@ -111,7 +111,8 @@ def _build(kind: str) -> Dataflow:
     run_id = os.environ.get("LEARNSTREAM_RUN_ID") or uuid.uuid4().hex
     if kind == "file":
         paths = _paths(_need("LEARNSTREAM_SOURCE"))
-        spec = RunSpec(settings=settings, out_dir=out, secret=secret, paths=paths, run_id=run_id)
+        spec = RunSpec(settings=settings, out_dir=out, secret=secret, paths=paths, run_id=run_id,
+                       external_recovery=True)
     else:
         config_file = os.environ.get("LEARNSTREAM_KAFKA_CONFIG")
         try:
@@ -126,7 +127,8 @@ def _build(kind: str) -> Dataflow:
             dlq_topic=os.environ.get("LEARNSTREAM_DLQ_TOPIC", "learning.events.dlq"),
             config=config,
         )
-        spec = RunSpec(settings=settings, out_dir=out, secret=secret, kafka=kafka, run_id=run_id)
+        spec = RunSpec(settings=settings, out_dir=out, secret=secret, kafka=kafka, run_id=run_id,
+                       external_recovery=True)
 
     def report(line: str) -> None:
         print(f"learnstream: worker error in {line}", file=sys.stderr, flush=True)

@@ -121,6 +121,9 @@ class FlowConfig:
     #: when it stops), so a busy shard does not re-evaluate (and publish) every user it touched
     #: at every micro-batch. Changes within the interval are published as one message per user.
     state_interval: timedelta = timedelta(seconds=2)
+    #: a recovery store is configured: the tables sink makes its output durable before every
+    #: Bytewax snapshot. Without one, snapshots are never read and the sink need not wait.
+    recovery: bool = True
 
 
 def shard_of(user_keys: pl.Expr, shards: int) -> pl.Expr:
@@ -686,7 +689,15 @@ def build_flow(
     final = op.merge("with_runs", everything, op.key_rm("runs_out", runs))
 
     tables = _kind(final, "table")
-    op.output("tables", tables, TablesSink(cfg.out_dir, commit_interval=cfg.settings.commit_interval))
+    op.output(
+        "tables",
+        tables,
+        TablesSink(
+            cfg.out_dir,
+            commit_interval=cfg.settings.commit_interval,
+            drain_on_snapshot=cfg.recovery,
+        ),
+    )
     if topics_sink is not None:
         op.output("topics", _kind(final, "topic"), topics_sink)
     return flow

@@ -77,6 +77,9 @@ class RunSpec:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     recovery_dir: Path | None = None
     started_at_us: int = field(default_factory=now_us)
+    #: the flow runs under `python -m bytewax.run`, whose `-r` decides recovery: outputs are made
+    #: durable at every snapshot as if a recovery store were configured
+    external_recovery: bool = False
 
 
 def make_flow(spec: RunSpec) -> Dataflow:
@@ -88,6 +91,7 @@ def make_flow(spec: RunSpec) -> Dataflow:
         secret=spec.secret,
         started_at_us=spec.started_at_us,
         live=spec.kafka is not None and not spec.kafka.stop_at_end,
+        recovery=spec.recovery_dir is not None or spec.external_recovery,
     )
     if spec.kafka is None:
         return build_flow(FileSource(spec.paths, spec.settings.batch_size), cfg)

@@ -74,8 +74,11 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
         commit_interval: timedelta,
         signatures: dict[tuple[str, ...], str],
         resume_state: ResumeState | None,
+        *,
+        drain_on_snapshot: bool = True,
     ) -> None:
         self._store = store
+        self._drain_on_snapshot = drain_on_snapshot
         self._interval_s = commit_interval.total_seconds()
         self._signatures = signatures
         state = resume_state or {}
@@ -149,10 +152,15 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
             self._hand_over()
 
     def snapshot(self) -> ResumeState:
-        """Commit first, so Bytewax's recovery snapshot never runs ahead of durable output."""
-        started = time.perf_counter()
-        self._drain()
-        log.debug("tables_snapshot_drained", waited_s=round(time.perf_counter() - started, 3))
+        """Commit first, so Bytewax's recovery snapshot never runs ahead of durable output.
+
+        Without a recovery store (`drain_on_snapshot=False`) snapshots are never read, so the
+        worker does not wait for the commit (~0.15 s at 20k events/s in live mode, every epoch).
+        """
+        if self._drain_on_snapshot:
+            started = time.perf_counter()
+            self._drain()
+            log.debug("tables_snapshot_drained", waited_s=round(time.perf_counter() - started, 3))
         return {"commits": self._commits, "committed_at": self._committed_at}
 
     def close(self) -> None:
@@ -169,7 +177,8 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
     Frames must be conformed to their table (`schemas.tables.Table.conform`). Bytewax hands the
     partition only the frame, so the table is recognised by its exact column list (distinct for
     every table; checked here). Commits happen every `commit_interval` of wall-clock time (checked
-    when a batch arrives) and at every Bytewax snapshot, i.e. at least once per epoch.
+    when a batch arrives) and at every Bytewax snapshot, i.e. at least once per epoch; with
+    `drain_on_snapshot=False` (no recovery store) a snapshot does not wait for the commit.
     """
 
     def __init__(
@@ -179,6 +188,7 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
         *,
         tables: dict[str, Table] | None = None,
         lock_timeout_s: float = 60.0,
+        drain_on_snapshot: bool = True,
     ) -> None:
         if commit_interval < timedelta(0):
             raise ValueError(f"commit_interval must not be negative, got {commit_interval}")
@@ -186,6 +196,7 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
         self.commit_interval = commit_interval
         self.tables = dict(TABLES if tables is None else tables)
         self.lock_timeout_s = lock_timeout_s
+        self.drain_on_snapshot = drain_on_snapshot
         self._signatures = _signatures(self.tables)
 
     def list_parts(self) -> list[str]:
@@ -200,4 +211,10 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
         """Open the store (which cleans up after a crash). Nothing needs rolling back: rows
         committed after the snapshot are overwritten by the replay's upserts."""
         store = TableStore(self.out_dir, self.tables, lock_timeout_s=self.lock_timeout_s)
-        return _TablesPartition(store, self.commit_interval, self._signatures, resume_state)
+        return _TablesPartition(
+            store,
+            self.commit_interval,
+            self._signatures,
+            resume_state,
+            drain_on_snapshot=self.drain_on_snapshot,
+        )

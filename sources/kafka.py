@@ -16,8 +16,8 @@ Differences from Bytewax's source, and why:
   offset still moves past them.
 - Consumer errors are counted and logged; only fatal or authorisation/authentication errors stop
   the flow (transport errors while a broker restarts are retried by librdkafka).
-- When nothing arrived, `next_awake` puts the partition to sleep (2 ms doubling up to
-  `idle_backoff_s`) instead of polling in a busy loop.
+- When nothing arrived, `next_awake` puts the partition to sleep (2 ms for ten polls, then
+  doubling up to `idle_backoff_s`) instead of polling in a busy loop.
 - End of topic is the fetch end-of-partition event (`enable.partition.eof`), never
   `get_watermark_offsets`: Tansu answers ListOffsets with the last batch's base offset + 1.
 
@@ -121,10 +121,11 @@ class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, int]):
         msgs = self._consumer.consume(self._batch_size, self._poll_timeout_s)
         received_at_us = time.time_ns() // 1000
         if not msgs:
-            # Back off 2, 4, 8... ms up to idle_backoff_s: short while a fetch is merely in
-            # flight (catching up), long when the partition is really idle. No busy loop.
+            # Poll every 2 ms for the first 10 empty polls (a fetch in flight takes up to
+            # fetch.wait.max.ms), then back off 4, 8, 16... ms up to idle_backoff_s when the
+            # partition is really idle. No busy loop.
             self._empty_polls += 1
-            pause = min(self._idle_backoff_s, 0.001 * 2 ** min(self._empty_polls, 20))
+            pause = min(self._idle_backoff_s, 0.002 * 2 ** max(0, min(self._empty_polls - 10, 20)))
             self._awake = datetime.now(UTC) + timedelta(seconds=pause)
             return []
         self._empty_polls = 0
@@ -198,7 +199,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         (finite runs and tests); otherwise tail the topic forever.
     :arg batch_size: most messages per batch (one `consume()` call).
     :arg poll_timeout_s: how long one `consume()` waits for `batch_size` messages; it blocks
-        the worker, so keep it short.
+        the worker. Default 0: take what librdkafka has already fetched in the background (it
+        prefetches continuously) and let `next_awake` pace the polls of an idle partition.
+        (With 10 ms, every poll of a busy partition waited the full 10 ms for a `batch_size`
+        that never came: 20 ms per cycle of a worker reading two partitions.)
     :arg idle_backoff_s: the longest a partition sleeps (via `next_awake`) after polls that
         returned nothing; the pause doubles from 2 ms up to this with each empty poll.
     :arg starting_offset: where a partition without snapshot state starts (default: the
@@ -213,7 +217,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         *,
         stop_at_end: bool = False,
         batch_size: int = 10_000,
-        poll_timeout_s: float = 0.01,
+        poll_timeout_s: float = 0.0,
         idle_backoff_s: float = 0.1,
         starting_offset: int = OFFSET_BEGINNING,
         metadata_timeout_s: float = 10.0,

@@ -758,3 +758,40 @@ def test_without_rename_exchange_the_two_rename_swap_gives_the_same_tables(
         "date=2024-03-04"
     ]
     assert not any((out / ".staging").iterdir())
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_snapshot_drains_only_when_a_recovery_store_reads_it(tmp_path: Path, drain: bool) -> None:
+    # commit_interval 1 h: nothing is committed by time. A snapshot then commits the buffered
+    # rows when it feeds a recovery store (drain=True); without one it returns at once and the
+    # rows are committed at close.
+    sink = TablesSink(tmp_path, commit_interval=timedelta(hours=1), drain_on_snapshot=drain)
+    part = sink.build_part("out", "tables", None)
+    part.write_batch([frame("user_daily", [daily("u1", D1, 1)])])
+    state = part.snapshot()
+    assert state["commits"] == (1 if drain else 0)
+    assert any((tmp_path / "parquet" / "user_daily").rglob("*.parquet")) == drain
+    part.close()
+    assert parquet_rows(tmp_path, "user_daily", "user_key, events") == [("u1", 1)]
+
+
+def test_make_flow_drains_tables_when_recovery_is_possible(tmp_path: Path) -> None:
+    from learnstream.config import Settings
+    from learnstream.runner import RunSpec, make_flow
+
+    def drains(**kw: Any) -> bool:
+        spec = RunSpec(settings=Settings(), out_dir=tmp_path, secret=b"k", paths=[tmp_path / "x"], **kw)
+        flow = make_flow(spec)
+        sinks = [s for s in _walk(flow.substeps) if isinstance(getattr(s, "sink", None), TablesSink)]
+        assert len(sinks) == 1
+        return bool(sinks[0].sink.drain_on_snapshot)
+
+    assert drains(recovery_dir=tmp_path / "rec")
+    assert drains(external_recovery=True)  # python -m bytewax.run: its -r decides
+    assert not drains()
+
+
+def _walk(steps: list[Any]) -> Iterator[Any]:
+    for step in steps:
+        yield step
+        yield from _walk(getattr(step, "substeps", []))
