@@ -373,7 +373,12 @@ class UserLogic(StatefulLogic[ShardInput, Envelope, dict[str, Any]]):
         return datetime.fromtimestamp(self.next_eval_us / 1e6, tz=UTC)
 
     def on_notify(self) -> tuple[Iterable[Envelope], bool]:
+        """The state interval is over: evaluate the changes awaiting it. Bytewax may deliver a
+        notification scheduled before an item that already evaluated (a stale one): ignored,
+        else every shard evaluated twice per interval."""
         emitted = now_us()
+        if not (self.pending and emitted >= self.next_eval_us):
+            return [], StatefulLogic.RETAIN
         return self._step(UserOutput(), emitted, emitted, force=True), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Envelope], bool]:
