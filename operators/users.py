@@ -69,6 +69,11 @@ _EPOCH = Date(1970, 1, 1)
 
 _NO_EVENTS = pl.DataFrame(schema=EVENT_BATCH_SCHEMA)
 
+
+def _late_columns(frame: pl.DataFrame) -> list[str]:
+    """The event columns of late rows, plus `received_at_us` when the events carry it."""
+    return [*EVENT_BATCH_SCHEMA, *(["received_at_us"] if "received_at_us" in frame.columns else [])]
+
 _PER_TYPE = {
     "lessons_completed": "lesson_completed",
     "exercises_completed": "exercise_completed",
@@ -147,9 +152,8 @@ class UserOutput:
         """Append another output's rows (the later one wins on upsert, as emitted)."""
         for name in ("user_daily", "user_skill_daily", "user_state", "user_skill_state", "alerts"):
             setattr(self, name, pl.concat([getattr(self, name), getattr(other, name)]))
-        self.late = pl.concat([self.late, other.late], how="diagonal_relaxed").select(
-            list(EVENT_BATCH_SCHEMA)
-        )
+        late = pl.concat([self.late, other.late], how="diagonal_relaxed")
+        self.late = late.select(_late_columns(late))
         self.accepted += other.accepted
 
 
@@ -396,7 +400,7 @@ class UserAnalytics:
         closed = pl.Series(a.last_closed[events["slot"].to_numpy()]).cast(pl.Int32)
         late_mask = events["date"].cast(pl.Int32) <= closed
         if late_mask.any():
-            out.late = events.filter(late_mask).select(list(EVENT_BATCH_SCHEMA))
+            out.late = events.filter(late_mask).select(_late_columns(events))
             events = events.filter(~late_mask)
             per_user = events.group_by("slot").agg(
                 t_min=pl.col("t_us").min(),

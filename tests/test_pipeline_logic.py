@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -43,3 +43,35 @@ def test_a_stale_state_notification_evaluates_nothing(tmp_path: Path) -> None:
     states = [p for kind, name, p in out if kind == "table" and name == "user_state"]
     assert pl.concat(states)["user_key"].to_list() == ["u2"]
     assert not logic.pending
+
+
+def _tables(out: list, name: str) -> pl.DataFrame:
+    frames = [p for kind, n, p in out if kind == "table" and n == name]
+    return pl.concat(frames).drop("emitted_at").sort(pl.all()) if frames else pl.DataFrame()
+
+
+def test_sub_batches_of_two_partitions_merge_into_the_same_result(tmp_path: Path) -> None:
+    # u1 (partition p0) is active on 03-01 and 03-02, u2 (p1) on 03-01; both partitions'
+    # watermarks then pass the end of 03-01 (+ 1 h lateness... the default) and the input ends.
+    cfg = FlowConfig(Settings(), tmp_path, "run", b"k", sources=("p0", "p1"))
+    p0 = events(
+        """
+        | user | type             | timestamp            |
+        | u1   | lesson_completed | 2026-03-01T10:00:00Z |
+        | u1   | lesson_completed | 2026-03-02T10:00:00Z |
+        """
+    )
+    p1 = events("| user | type | timestamp |\n| u2 | quiz_completed | 2026-03-01T11:00:00Z |", seq_start=0)
+    mark = to_us("2026-03-02T12:00:00Z")
+    sequential = UserLogic("0", cfg, None)
+    out_a = list(sequential.on_item(ShardInput(p0, mark, True, "p0", 0))[0])
+    out_a += list(sequential.on_item(ShardInput(p1, mark, True, "p1", 0))[0])
+    merged = UserLogic("0", cfg, None)
+    out_b = list(merged.on_batch([ShardInput(p0, mark, True, "p0", 0), ShardInput(p1, mark, True, "p1", 0)])[0])
+    # the same three closed user-days (u1: 03-01 streak 1, 03-02 streak 2; u2: 03-01)
+    want = _tables(out_a, "user_daily")
+    assert want.select("user_key", "date", "streak").rows() == [
+        ("u1", date(2026, 3, 1), 1), ("u1", date(2026, 3, 2), 2), ("u2", date(2026, 3, 1), 1)
+    ]
+    assert _tables(out_b, "user_daily").equals(want)
+    assert _tables(out_b, "user_state").drop("as_of").equals(_tables(out_a, "user_state").drop("as_of"))
