@@ -6,7 +6,8 @@ Live latency is set by what one micro-batch costs: a worker that needs C ms per 
 event after roughly 1.5 C ms plus the broker round trips. This drives the flow's own stateful
 logics (`IngestLogic`, one `UserLogic` per shard, `CohortLogic`) in a loop with live settings,
 on the `bench_live` workload (event time = now, 20,000 background learners, probe learners
-whose assessments fire `low_performance`), and prints per stage the median and p99 milliseconds
+whose assessments fire `low_performance`), building the topic messages as live mode does, and
+prints per stage the median and p99 milliseconds
 per batch, early in the run and late (when every background learner is known), so that a cost
 that grows with the state shows. `--seconds` of event time are fed at `--rate` events/s, cut in
 batches of each `--batch` size. The state interval (user_state evaluation) runs as in live mode,
@@ -35,7 +36,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_live import make_workload  # noqa: E402
 
-from flows.pipeline import CohortInput, CohortLogic, FlowConfig, IngestLogic, ShardInput, UserLogic  # noqa: E402
+from flows.pipeline import (  # noqa: E402
+    CohortInput,
+    CohortLogic,
+    FlowConfig,
+    IngestLogic,
+    Publish,
+    ShardInput,
+    UserLogic,
+)
 from learnstream.config import Settings  # noqa: E402
 from operators.decode import RawBatch  # noqa: E402
 
@@ -47,7 +56,8 @@ def pct(values: list[float], q: float) -> float:
 def run(batch: int, seconds: float, rate: float, shards: int) -> dict[str, dict[str, list[float]]]:
     settings = Settings(shards=shards)
     cfg = FlowConfig(settings=settings, out_dir=Path("/nonexistent"), run_id="bench", secret=b"bench-live-secret",
-                     live=True, sources=("p0",), state_interval=timedelta(seconds=2))
+                     live=True, sources=("p0",), state_interval=timedelta(seconds=2),
+                     publish=Publish("alerts", "metrics", "dlq"))
     n = int(seconds * rate)
     start = time.time() - seconds  # event time ends now: nothing is in the future
     work = make_workload(n, rate, start, "cost", probe_every=100)

@@ -912,30 +912,31 @@ class UserAnalytics:
             "slot", pl.col("date").cast(pl.Int32).alias("d")
         )
         if len(open_active):
-            runs = (
-                open_active.sort("slot", "d")
-                .with_columns(
-                    run=(pl.col("d").diff().over("slot") != 1)
-                    .fill_null(True)
-                    .cum_sum()
-                    .over("slot")
-                )
-                .group_by("slot", "run")
-                .agg(start=pl.col("d").min(), end=pl.col("d").max(), length=pl.len())
-                .sort("slot", "end")
+            # runs of consecutive open active days per user (open days are partial rows: one
+            # (slot, day) may appear several times)
+            key = np.unique(
+                open_active["slot"].to_numpy().astype(np.int64) * (1 << 32)
+                + (open_active["d"].to_numpy().astype(np.int64) + (1 << 31))
             )
-            r_slot = runs["slot"].to_numpy()
-            r_start = runs["start"].to_numpy().astype(np.int64)
-            r_length = runs["length"].to_numpy().astype(np.int64)
+            o_slot = key >> 32
+            o_day = (key & 0xFFFFFFFF) - (1 << 31)
+            first = np.ones(len(key), dtype=np.bool_)
+            first[1:] = (o_slot[1:] != o_slot[:-1]) | (o_day[1:] != o_day[:-1] + 1)
+            starts = np.flatnonzero(first)
+            ends = np.append(starts[1:], len(key)) - 1
+            r_slot = o_slot[starts]
+            r_start = o_day[starts]
+            r_end = o_day[ends]
+            r_length = ends - starts + 1
             # a run that starts right after the last closed day continues the closed streak
             continues = r_start == a.last_closed[r_slot].astype(np.int64) + 1
             joined = r_length + np.where(continues, a.streak[r_slot], 0)
             np.maximum.at(longest, r_slot, joined)
             np.add.at(days_active, r_slot, r_length)
-            # the newest run (runs are sorted by slot, end) sets the latest active day
+            # the newest run (runs are sorted by slot, then day) sets the latest active day
             newest = np.ones(len(r_slot), dtype=np.bool_)
             newest[:-1] = r_slot[1:] != r_slot[:-1]
-            latest[r_slot[newest]] = runs["end"].to_numpy()[newest]
+            latest[r_slot[newest]] = r_end[newest]
             at_latest[r_slot[newest]] = joined[newest]
         ever = latest != _NO_DAY
         delta = np.where(ever, today - latest, 10**6)

@@ -297,3 +297,19 @@ def test_end_of_input_closes_a_day_that_lies_ahead_in_the_users_last_zone() -> N
     assert rows["date"].to_list() == [date(2026, 3, 1), date(2026, 3, 2)]
     assert int(rows["events"].sum()) == 2
 
+
+
+def test_open_day_fed_by_several_batches_counts_once_in_user_state() -> None:
+    # Live evaluation before any day closes (as of 03-01 20:00, the 03-02 event is ahead of the
+    # watermark). u has completions on 03-01 (two batches) and 03-02 (one batch); open days are
+    # kept as partial rows per batch, yet each day counts once: days_active 2, one run of 2 days
+    # (current and longest streak 2), momentum high (active today or later).
+    users = UserAnalytics(Settings())
+    for i, ts in enumerate(("2026-03-01T09:00:00Z", "2026-03-01T18:00:00Z", "2026-03-02T09:00:00Z")):
+        table = f"| user | type | timestamp |\n| u | lesson_completed | {ts} |"
+        users.ingest(events(table, seq_start=i), emitted_at_us=0)
+    assert len(users.open_days) == 3  # three partial rows, two days
+    out = users.advance(to_us("2026-03-01T20:00:00Z"), final=False, emitted_at_us=0)
+    assert out.user_daily.is_empty()  # nothing closed yet
+    s = out.user_state.row(0, named=True)
+    assert (s["days_active"], s["current_streak"], s["longest_streak"], s["momentum"]) == (2, 2, 2, "high")
