@@ -16,13 +16,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from learnstream.broker import LocalBroker
-from learnstream.config import load_settings
+from learnstream.config import Settings, load_settings
 from learnstream.runner import RunSpec, WorkerFailed, run_flow
 from schemas.tables import TABLES
 from sources.generator import write_events
@@ -305,3 +307,19 @@ def test_sigterm_stops_a_live_multi_worker_run_cleanly(
     row = pl.read_parquet(list((out / "parquet" / "pipeline_runs").glob("**/*.parquet"))).row(0, named=True)
     assert row["records_in"] == len(lines)
     assert row["records_in"] == row["accepted"] + row["rejected"] + row["duplicates"] + row["late"]
+
+
+def test_live_runs_without_recovery_use_one_second_epochs(tmp_path: Path) -> None:
+    # Items crossing workers wait for the end of Bytewax's epoch, so a live run that keeps no
+    # recovery store uses 1 s epochs; with a store, the epoch is the snapshot interval.
+    from learnstream.runner import KafkaSpec, _epoch
+
+    settings = Settings(snapshot_interval=timedelta(seconds=10))
+    kafka = KafkaSpec(bootstrap="127.0.0.1:9")
+    live = RunSpec(settings=settings, out_dir=tmp_path, secret=b"k", kafka=kafka)
+    assert _epoch(live) == timedelta(seconds=1)
+    assert _epoch(replace(live, recovery_dir=tmp_path / "rec")) == timedelta(seconds=10)
+    assert _epoch(replace(live, external_recovery=True)) == timedelta(seconds=10)
+    assert _epoch(replace(live, kafka=None, paths=[tmp_path / "x"])) == timedelta(seconds=10)
+    fast = replace(live, settings=Settings(snapshot_interval=timedelta(milliseconds=500)))
+    assert _epoch(fast) == timedelta(milliseconds=500)
