@@ -143,8 +143,9 @@ class Admission:
     def _compact(self) -> None:
         """Drop the ids past the horizon (amortised: when the rows have doubled)."""
         alive = self.seen_t >= self.keep_after
-        self.ids.replace(self.ids.keys.filter(pl.Series(alive)))
-        self.seen_t = self.seen_t[alive]
+        if not alive.all():  # else nothing to drop: the index stays as it is
+            self.ids.replace(self.ids.keys.filter(pl.Series(alive)))
+            self.seen_t = self.seen_t[alive]
         self._compacted = len(self.seen_t)
 
     @property

@@ -6,8 +6,8 @@ keys sorted in numpy and answers a batch with `searchsorted`: O(batch · log n),
 
 - Exact: a hash hit is confirmed against the stored key; when two keys share a hash (rare), that
   batch is answered by joining on the strings instead.
-- New keys go to a small sorted *delta* index, merged into the base when it outgrows an eighth of
-  it, so an append costs O(batch + delta), not O(n).
+- New keys go to a small sorted *delta* index, merged into the sorted base (a linear merge, no
+  re-hashing) when it outgrows an eighth of it, so an append costs O(batch + delta) amortised.
 - Hashes come from `pl.Series.hash`, stable only within one polars version, so they are never
   persisted: a pickled index holds the keys and rebuilds its hashes on first use.
 """
@@ -94,7 +94,12 @@ class KeyIndex:
         at = np.searchsorted(delta_h, fresh[order])
         self._delta = (np.insert(delta_h, at, fresh[order]), np.insert(delta_r, at, rows[order]))
         if len(self._delta[0]) > max(4096, len(self._base[0]) // 8):
-            self._base = None  # merge: rebuilt in full (amortised O(1) per key)
+            # merge the sorted delta into the sorted base: O(n) copying, no re-hashing
+            base_h, base_r = self._base
+            delta_h, delta_r = self._delta
+            at = np.searchsorted(base_h, delta_h)
+            self._base = (np.insert(base_h, at, delta_h), np.insert(base_r, at, delta_r))
+            self._delta = (_EMPTY_U64, _EMPTY_I64)
         if self.keys.n_chunks() > 64:
             self.keys = self.keys.rechunk()
         return rows

@@ -68,7 +68,8 @@ def test_delta_merges_into_the_base_as_it_grows() -> None:
     for lo in range(0, 20_000, 500):
         index.lookup(pl.Series([f"k{lo}"]))  # keeps a base index alive between appends
         index.append(pl.Series([f"k{i}" for i in range(lo, lo + 500)]))
-    # 20,000 keys went through the delta, which holds at most max(4096, base / 8): merged
+    # 20,000 keys went through the delta, which holds at most max(4096, base / 8): merged into
+    # the base on the way (a linear merge of the two sorted indexes)
     assert len(index._delta[0]) <= 4096
     wanted = pl.Series([f"k{i}" for i in (0, 4095, 4096, 12_345, 19_999)] + ["k20000"])
     assert index.lookup(wanted).tolist() == [0, 4095, 4096, 12_345, 19_999, -1]
