@@ -22,6 +22,8 @@ has a single writer, whatever `-w/-i` say; Bytewax routes every item to that wor
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -59,6 +61,15 @@ def _signatures(tables: dict[str, Table]) -> dict[tuple[str, ...], str]:
     return sigs
 
 
+def _lower_priority() -> None:
+    """Run the commit thread at nice +10 (Linux: a thread id is a process id to setpriority), so
+    that on a busy machine the worker's micro-batches, whose latency matters, get the CPU first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: commit at normal priority
+        pass
+
+
 class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
     """Buffers frames and commits them on a background thread.
 
@@ -86,7 +97,9 @@ class _TablesPartition(StatefulSinkPartition[TableValue, ResumeState]):
         self._committed_at: str | None = state.get("committed_at")
         self._last_commit = time.monotonic()
         self._pending: list[tuple[str, pl.DataFrame]] = []
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-commit")
+        self._committer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tables-commit", initializer=_lower_priority
+        )
         self._inflight: Future[None] | None = None
 
     def _table_of(self, value: TableValue) -> tuple[str, pl.DataFrame]:
