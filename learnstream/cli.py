@@ -216,7 +216,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_dir is not None:
         _prepare_recovery(args.recovery_dir, args.workers)
         # a restarted run is the same run: one pipeline_runs row, started when it first started
-        spec.run_id, spec.started_at_us = _run_identity(args.recovery_dir, spec.run_id, spec.started_at_us)
+        spec.run_id, spec.started_at_us = _run_identity(
+            args.recovery_dir, spec.run_id, spec.started_at_us, settings.shards
+        )
+    if args.workers > settings.shards:
+        print(
+            f"learnstream run: note: --workers {args.workers} > shards {settings.shards}: only "
+            f"{settings.shards} worker(s) run the per-user step; for a new output directory set "
+            f"LEARNSTREAM_SHARDS={args.workers} (or a multiple)",
+            file=sys.stderr,
+        )
     previous = _stop_on_signals() if kind == "kafka" else None
     try:
         summary = run_flow(spec, workers=args.workers)
@@ -276,20 +285,33 @@ def _delivery_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _run_identity(directory: Path, run_id: str, started_at_us: int) -> tuple[str, int]:
-    """The run id and start time kept in the recovery directory (written on first use)."""
+def _run_identity(
+    directory: Path, run_id: str, started_at_us: int, shards: int
+) -> tuple[str, int]:
+    """The run id and start time kept in the recovery directory (written on first use), with the
+    shard count: state is kept per shard, so a restart with another count is refused."""
     path = directory / "learnstream-run.json"
     if path.exists():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return str(data["run_id"]), int(data["started_at_us"])
+            kept = (str(data["run_id"]), int(data["started_at_us"]))
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(
                 f"learnstream run: unreadable {str(path)!r} in --recovery-dir: {exc}; "
                 "use a new recovery directory"
             ) from exc
+        recorded = data.get("shards")
+        if recorded is not None and int(recorded) != shards:
+            raise UsageError(
+                f"learnstream run: shards={shards} but --recovery-dir {str(directory)!r} holds state "
+                f"for shards={recorded}; set LEARNSTREAM_SHARDS={recorded} or use a new recovery directory"
+            )
+        return kept
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "started_at_us": started_at_us}), encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"run_id": run_id, "started_at_us": started_at_us, "shards": shards}),
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
     return run_id, started_at_us
 

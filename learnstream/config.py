@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     state_ttl: timedelta = timedelta(days=180)
     # engine
     batch_size: int = Field(default=200_000, gt=0, description="records per micro-batch")
-    shards: int = Field(default=4, gt=0, description="shard keys users are hashed onto")
+    shards: int = Field(default=2, gt=0, description="shard keys users are hashed onto")
     snapshot_interval: timedelta = timedelta(seconds=10)
     #: tables are committed (in the background) at least this often, and at every snapshot
     commit_interval: timedelta = timedelta(seconds=2)

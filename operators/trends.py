@@ -2,13 +2,15 @@
 
 Both functions are pure and columnar: they take a frame of scored events (whatever the caller
 keeps for the trailing `trend_window`), filter it to the window (as_of − window, as_of] and
-aggregate with vectorised `group_by`s. No Python runs per event or per group.
+aggregate vectorised (`trend_stats` with numpy over rows sorted by group, time and score, so
+that its floats do not depend on row order). No Python runs per event or per group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 US_PER_DAY = 86_400_000_000
@@ -68,28 +70,44 @@ def trend_stats(
     keys = list(by)
     if not keys:
         raise ValueError("trend_stats needs at least one `by` column (e.g. ['user_key'])")
-    window = _in_window(scored, as_of_us, window_us).select(
-        *keys, pl.col("t_us").cast(pl.Int64), pl.col("score").cast(pl.Float64)
+    # Sorted by group, time and score, and summed in that order with numpy: the same rows give
+    # the same floats however they were chunked or ordered (a parallel group_by may add them up
+    # in another order from run to run, and a resumed run must equal an uninterrupted one).
+    window = (
+        _in_window(scored, as_of_us, window_us)
+        .select(*keys, pl.col("t_us").cast(pl.Int64), pl.col("score").cast(pl.Float64))
+        .sort([*keys, "t_us", "score"], nulls_last=True, maintain_order=True)
     )
-
-    # pass 1: per-group first time (integer) and mean offset in days
-    first = window.group_by(keys).agg(_t0=pl.col("t_us").min())
-    window = window.join(first, on=keys, how="left", nulls_equal=True).with_columns(
-        _dx=(pl.col("t_us") - pl.col("_t0")).cast(pl.Float64) / US_PER_DAY
-    )
-    means = window.group_by(keys).agg(_mx=pl.col("_dx").mean(), _my=pl.col("score").mean())
-    # pass 2: centred sums
-    window = window.join(means, on=keys, how="left", nulls_equal=True).with_columns(
-        _xc=pl.col("_dx") - pl.col("_mx"), _yc=pl.col("score") - pl.col("_my")
-    )
-    agg = window.group_by(keys).agg(
-        scored_events=pl.len().cast(pl.Int64),
-        avg_score=pl.col("_my").first(),
-        _sxy=(pl.col("_xc") * pl.col("_yc")).sum(),
-        _sxx=(pl.col("_xc") * pl.col("_xc")).sum(),
-        _xc_last=pl.col("_xc").max(),
-        _distinct=pl.col("t_us").max() > pl.col("t_us").min(),
-    )
+    if window.is_empty():
+        agg = window.select(keys).with_columns(
+            scored_events=pl.lit(0, pl.Int64),
+            avg_score=pl.lit(None, pl.Float64),
+            _sxy=pl.lit(None, pl.Float64),
+            _sxx=pl.lit(None, pl.Float64),
+            _xc_last=pl.lit(None, pl.Float64),
+            _distinct=pl.lit(None, pl.Boolean),
+        )
+    else:
+        group = window.select(pl.struct(keys).rle_id()).to_series().to_numpy()
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        count = np.diff(np.r_[starts, len(group)])
+        t = window["t_us"].to_numpy()
+        y = window["score"].to_numpy()
+        # x centred per group in two exact steps: integer µs from the group's first time, then
+        # the group mean of that offset in days
+        dx = (t - np.repeat(t[starts], count)).astype(np.float64) / US_PER_DAY
+        mx = np.add.reduceat(dx, starts) / count
+        my = np.add.reduceat(y, starts) / count
+        xc = dx - np.repeat(mx, count)
+        yc = y - np.repeat(my, count)
+        agg = window[starts].select(keys).with_columns(
+            scored_events=pl.Series(count.astype(np.int64)),
+            avg_score=pl.Series(my),
+            _sxy=pl.Series(np.add.reduceat(xc * yc, starts)),
+            _sxx=pl.Series(np.add.reduceat(xc * xc, starts)),
+            _xc_last=pl.Series(np.maximum.reduceat(xc, starts)),
+            _distinct=pl.Series(t[starts + count - 1] > t[starts]),
+        )
 
     enough = (pl.col("scored_events") >= 3) & pl.col("_distinct")
     slope = pl.when(enough).then(pl.col("_sxy") / pl.col("_sxx"))

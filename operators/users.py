@@ -613,12 +613,12 @@ class UserAnalytics:
         a = self.a
         n = self.size
         target_of = pl.DataFrame({"slot": np.arange(n, dtype=np.int64), "target": target})
-        days = self.open_days.join(target_of, on="slot").with_columns(
+        days = self.open_days.join(target_of, on="slot", maintain_order="left").with_columns(
             closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
         )
         closing = _merge_day_rows(days.filter("closing").drop("target", "closing")).sort("slot", "date")
         self.open_days = days.filter(~pl.col("closing")).drop("target", "closing")
-        skill_days = self.open_skill_days.join(target_of, on="slot").with_columns(
+        skill_days = self.open_skill_days.join(target_of, on="slot", maintain_order="left").with_columns(
             closing=pl.col("date").cast(pl.Int32) <= pl.col("target")
         )
         closing_skill = _merge_skill_rows(skill_days.filter("closing").drop("target", "closing"))
@@ -956,7 +956,7 @@ class UserAnalytics:
         trend = trend_stats(scored, as_of_us=as_of_us, window_us=self.trend_window_us, by=["slot"])
         profile = (
             skill_profile(
-                scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot"),
+                scored.filter(pl.col("skill").is_not_null()).join(self.slots, on="slot", maintain_order="left"),
                 as_of_us=as_of_us,
                 window_us=30 * US_PER_DAY,
             )
@@ -1046,9 +1046,12 @@ class UserAnalytics:
         return user_state, USER_SKILL_STATE.conform(skill_state)
 
     def _prune(self, as_of_us: int) -> None:
-        self.recent = self.recent.filter(pl.col("t_us") > as_of_us - 7 * US_PER_DAY)
+        """Drop events past the windows; one chunk each, so that float sums over them do not
+        depend on how the batches happened to be cut (a resumed run holds the same rows in
+        other chunks than an uninterrupted one)."""
+        self.recent = self.recent.filter(pl.col("t_us") > as_of_us - 7 * US_PER_DAY).rechunk()
         keep = max(self.trend_window_us, 30 * US_PER_DAY)
-        self.scored = self.scored.filter(pl.col("t_us") > as_of_us - keep)
+        self.scored = self.scored.filter(pl.col("t_us") > as_of_us - keep).rechunk()
 
     # ------------------------------------------------------------------ recovery
     def snapshot(self) -> dict[str, Any]:

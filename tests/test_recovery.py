@@ -249,3 +249,20 @@ def test_rerunning_a_finished_run_changes_nothing(crashed: CrashRun, tmp_path: P
         if name == "pipeline_runs":
             assert len(read_parquet_table(out, name)) == len(read_parquet_table(crashed.out, name))
         assert_same(after, before, name)
+
+
+def test_a_restart_with_another_shard_count_is_refused(crashed: CrashRun, tmp_path: Path) -> None:
+    """State is kept per shard: resuming with another LEARNSTREAM_SHARDS would lose users' state,
+    so the run exits 2 with one line naming both counts and the fix."""
+    out, recovery = tmp_path / "out", tmp_path / "recovery"
+    shutil.copytree(crashed.out, out)
+    shutil.copytree(crashed.recovery, recovery)
+    recorded = json.loads((recovery / "learnstream-run.json").read_text())["shards"]
+    other = recorded + 1
+    done = subprocess.run(run_command(crashed.events, out, recovery), env={**child_env(), "LEARNSTREAM_SHARDS": str(other)},
+                          cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"shards={other}" in lines[0] and f"shards={recorded}" in lines[0]
+    assert f"LEARNSTREAM_SHARDS={recorded}" in lines[0]
