@@ -309,17 +309,17 @@ def test_sigterm_stops_a_live_multi_worker_run_cleanly(
     assert row["records_in"] == row["accepted"] + row["rejected"] + row["duplicates"] + row["late"]
 
 
-def test_live_runs_without_recovery_use_one_second_epochs(tmp_path: Path) -> None:
+def test_live_runs_without_recovery_use_short_epochs(tmp_path: Path) -> None:
     # Items crossing workers wait for the end of Bytewax's epoch, so a live run that keeps no
-    # recovery store uses 1 s epochs; with a store, the epoch is the snapshot interval.
+    # recovery store uses 0.25 s epochs; with a store, the epoch is the snapshot interval.
     from learnstream.runner import KafkaSpec, _epoch
 
     settings = Settings(snapshot_interval=timedelta(seconds=10))
     kafka = KafkaSpec(bootstrap="127.0.0.1:9")
     live = RunSpec(settings=settings, out_dir=tmp_path, secret=b"k", kafka=kafka)
-    assert _epoch(live) == timedelta(seconds=1)
+    assert _epoch(live) == timedelta(milliseconds=250)
     assert _epoch(replace(live, recovery_dir=tmp_path / "rec")) == timedelta(seconds=10)
     assert _epoch(replace(live, external_recovery=True)) == timedelta(seconds=10)
     assert _epoch(replace(live, kafka=None, paths=[tmp_path / "x"])) == timedelta(seconds=10)
-    fast = replace(live, settings=Settings(snapshot_interval=timedelta(milliseconds=500)))
-    assert _epoch(fast) == timedelta(milliseconds=500)
+    fast = replace(live, settings=Settings(snapshot_interval=timedelta(milliseconds=100)))
+    assert _epoch(fast) == timedelta(milliseconds=100)
