@@ -75,6 +75,7 @@ def main() -> None:
             v[:n].nbytes for k, v in users.a.data.items() if k not in rule_arrays
         ),
         "slots (user_key -> slot)": users.slots.estimated_size(),
+        "slot index (hashes)": sum(a.nbytes for part in (users._slot_index._base or (), users._slot_index._delta) for a in part),
         "cohort/org per user": users.cohort_id.estimated_size() + users.org_id.estimated_size(),
         "event-rule state": sum(users.a.data[k][:n].nbytes for k in rule_arrays),
         "open days": users.open_days.estimated_size() + users.open_skill_days.estimated_size(),
