@@ -1,7 +1,7 @@
 """Live mode through a local Kafka broker (Tansu): alert latency at offered rates, and capacity.
 
     .venv/bin/python benchmarks/bench_live.py [--rates 5000,20000,50000] [--duration 30]
-        [--workers 1,2] [--partitions 2] [--capacity 400000] [--probe-every 100]
+        [--workers 1,2] [--partitions 2] [--capacity 400000] [--probe-every 100] [--recovery]
 
 For each worker count and offered rate: fresh topics, a live `learnstream run --source kafka`
 in a child process, a paced producer (this process) and an alert consumer (another process).
@@ -182,7 +182,7 @@ class Pipeline:
     """A live `learnstream run --source kafka` child process with its own topics and output."""
 
     def __init__(self, broker: LocalBroker, partitions: int, workers: int, base: Path, extra_env: dict[str, str],
-                 kafka_config: Path | None = None) -> None:
+                 kafka_config: Path | None = None, recovery: bool = False) -> None:
         tag = uuid.uuid4().hex[:8]
         self.tag = tag
         self.events, self.alerts = f"bench.events.{tag}", f"bench.alerts.{tag}"
@@ -198,6 +198,8 @@ class Pipeline:
                      "--metrics-topic", f"bench.metrics.{tag}", "--dlq-topic", f"bench.dlq.{tag}"]
         if kafka_config is not None:
             self.args += ["--kafka-config", str(kafka_config)]
+        if recovery:
+            self.args += ["--recovery-dir", str(base / f"recovery-{tag}")]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -316,7 +318,7 @@ def paced_produce(bootstrap: str, topic: str, work: Workload, rate: float, start
 
 
 def run_rate(broker: LocalBroker, workers: int, rate: float, duration: float, args: argparse.Namespace, base: Path) -> Result:
-    pipe = Pipeline(broker, args.partitions, workers, base, args.env, args.kafka_config)
+    pipe = Pipeline(broker, args.partitions, workers, base, args.env, args.kafka_config, args.recovery)
     alerts = Alerts(broker.bootstrap, pipe.alerts)
     n = int(rate * duration)
     result = Result(workers, f"{rate:,.0f}/s", rate, 0.0, 0, 0)
@@ -354,7 +356,7 @@ def run_rate(broker: LocalBroker, workers: int, rate: float, duration: float, ar
 def run_capacity(broker: LocalBroker, workers: int, events: int, args: argparse.Namespace, base: Path) -> Result:
     """Catch-up rate: a ready pipeline is handed `events` as fast as this process can produce
     them; rate = events / (last probe alert received - first event produced)."""
-    pipe = Pipeline(broker, args.partitions, workers, base, args.env, args.kafka_config)
+    pipe = Pipeline(broker, args.partitions, workers, base, args.env, args.kafka_config, args.recovery)
     alerts = Alerts(broker.bootstrap, pipe.alerts)
     result = Result(workers, f"backlog {events:,}", float("nan"), float("nan"), 0, 0)
     try:
@@ -407,6 +409,8 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the last alerts")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a LEARNSTREAM_<NAME> setting for the pipeline, e.g. --set snapshot_interval=60s")
+    parser.add_argument("--recovery", action="store_true",
+                        help="run the pipeline with --recovery-dir (snapshots every snapshot_interval)")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                         help="copy the pipelines' logs here before cleaning up")
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
@@ -422,7 +426,8 @@ def main() -> None:
         args.kafka_config = base / "kafka.properties"
         args.kafka_config.write_text("\n".join(args.kafka) + "\n")
     print(f"bench_live: rates {args.rates}/s x {args.duration:g} s, workers {args.workers}, "
-          f"{args.partitions} partitions, settings {args.env or 'defaults'}, kafka {args.kafka or 'defaults'}; "
+          f"{args.partitions} partitions, settings {args.env or 'defaults'}, kafka {args.kafka or 'defaults'}, "
+          f"recovery {'on' if args.recovery else 'off'}; "
           f"{os.cpu_count()} CPUs", flush=True)
     try:
         with LocalBroker() as broker:
