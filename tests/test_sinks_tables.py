@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -760,18 +761,41 @@ def test_without_rename_exchange_the_two_rename_swap_gives_the_same_tables(
     assert not any((out / ".staging").iterdir())
 
 
-@pytest.mark.parametrize("drain", [True, False])
-def test_snapshot_drains_only_when_a_recovery_store_reads_it(tmp_path: Path, drain: bool) -> None:
-    # commit_interval 1 h: nothing is committed by time. A snapshot then commits the buffered
-    # rows when it feeds a recovery store (drain=True); without one it returns at once and the
-    # rows are committed at close.
-    sink = TablesSink(tmp_path, commit_interval=timedelta(hours=1), drain_on_snapshot=drain)
+def test_snapshot_carries_what_is_not_durable_and_a_resumed_sink_commits_it(tmp_path: Path) -> None:
+    # commit_interval 1 h: nothing is committed by time. With a recovery store the snapshot
+    # carries the buffered row instead of waiting for a commit; a partition built from that
+    # snapshot commits it before anything else (the crashed process never did).
+    sink = TablesSink(tmp_path, commit_interval=timedelta(hours=1), drain_on_snapshot=True)
     part = sink.build_part("out", "tables", None)
     part.write_batch([frame("user_daily", [daily("u1", D1, 1)])])
     state = part.snapshot()
-    assert state["commits"] == (1 if drain else 0)
-    assert any((tmp_path / "parquet" / "user_daily").rglob("*.parquet")) == drain
+    assert [(name, f.height) for name, f in state["unsaved"]] == [("user_daily", 1)]
+    assert state["commits"] == 0 and not any((tmp_path / "parquet").rglob("*.parquet"))
+    part._committer.shutdown(wait=True)  # the process dies: no close(), nothing committed
+    part._store.close()
+    resumed = sink.build_part("out", "tables", pickle.loads(pickle.dumps(state)))
+    assert parquet_rows(tmp_path, "user_daily", "user_key, events") == [("u1", 1)]
+    resumed.close()
+
+
+def test_snapshot_above_carry_rows_commits_and_waits(tmp_path: Path) -> None:
+    sink = TablesSink(tmp_path, commit_interval=timedelta(hours=1), carry_rows=1)
+    part = sink.build_part("out", "tables", None)
+    part.write_batch([frame("user_daily", [daily("u1", D1, 1), daily("u2", D1, 2)])])
+    state = part.snapshot()
+    assert state["commits"] == 1 and "unsaved" not in state
+    assert parquet_rows(tmp_path, "user_daily", "count(*)") == [(2,)]
     part.close()
+
+
+def test_snapshot_without_a_recovery_store_neither_carries_nor_waits(tmp_path: Path) -> None:
+    sink = TablesSink(tmp_path, commit_interval=timedelta(hours=1), drain_on_snapshot=False)
+    part = sink.build_part("out", "tables", None)
+    part.write_batch([frame("user_daily", [daily("u1", D1, 1)])])
+    state = part.snapshot()
+    assert state == {"commits": 0, "committed_at": None}
+    assert not any((tmp_path / "parquet").rglob("*.parquet"))
+    part.close()  # committed at close
     assert parquet_rows(tmp_path, "user_daily", "user_key, events") == [("u1", 1)]
 
 
