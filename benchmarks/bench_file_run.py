@@ -59,6 +59,20 @@ def pipeline(path: Path, out: Path) -> dict[str, float]:
     return result
 
 
+def cached_events(users: int, days: int, seed: int) -> Path:
+    """The generated input of the file benchmarks, written once under bench-data/ (gitignored)."""
+    sys.path.insert(0, str(ROOT))
+    from sources.generator import write_events
+
+    data = ROOT / "bench-data"
+    data.mkdir(exist_ok=True)
+    events = data / f"events-{users}u-{days}d-s{seed}.jsonl"
+    if not events.exists():
+        stats = write_events(events, users=users, days=days, seed=seed)
+        print(f"generated {stats.events} events -> {events}")
+    return events
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=10_000)
@@ -67,21 +81,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    from sources.generator import write_events
-
-    data = ROOT / "bench-data"
-    data.mkdir(exist_ok=True)
-    events = data / f"events-{args.users}u-{args.days}d-s{args.seed}.jsonl"
-    if not events.exists():
-        stats = write_events(events, users=args.users, days=args.days, seed=args.seed)
-        print(f"generated {stats.events} events -> {events}")
+    events = cached_events(args.users, args.days, args.seed)
     n = sum(1 for _ in events.open("rb"))
     print(f"input: {n} events, {events.stat().st_size / 1e6:.0f} MB, {args.users} users, {args.days} days")
 
     ceilings, runs = [], []
     for i in range(args.runs):
         c = ceiling(events)
-        r = pipeline(events, data / "out")
+        r = pipeline(events, events.parent / "out")
         ceilings.append(n / c)
         runs.append(r)
         print(

@@ -69,7 +69,7 @@ def main() -> None:
     users.advance(START_US + 3 * DAY_US, final=True, emitted_at_us=0)
     elapsed = time.perf_counter() - start
     n = users.size
-    rule_arrays = ("rule_t", "rule_score", "last_assessment", "struggling_active", "assessed", "low_perf_active")
+    rule_arrays = users.a.RULES
     parts = {
         "numpy per-user arrays": sum(
             v[:n].nbytes for k, v in users.a.data.items() if k not in rule_arrays

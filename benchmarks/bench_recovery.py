@@ -211,19 +211,15 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of a run to kill at")
     args = parser.parse_args()
 
-    from sources.generator import write_events
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_file_run import cached_events
 
-    data = ROOT / "bench-data"
-    data.mkdir(exist_ok=True)
-    events = data / f"events-{args.users}u-{args.days}d-s{args.seed}.jsonl"
-    if not events.exists():
-        stats = write_events(events, users=args.users, days=args.days, seed=args.seed)
-        print(f"generated {stats.events} events -> {events}")
+    events = cached_events(args.users, args.days, args.seed)
     n = sum(1 for _ in events.open("rb"))
     print(f"input: {n} events, {events.stat().st_size / 1e6:.0f} MB; {os.cpu_count()} CPUs; "
           f"default batch size; {args.runs} runs per mode, alternating")
 
-    with tempfile.TemporaryDirectory(prefix="bench-recovery-", dir=data) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-", dir=events.parent) as tmp:
         work = Path(tmp)
         for interval in args.intervals.split(","):
             off: list[dict[str, Any]] = []

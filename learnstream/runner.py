@@ -81,6 +81,11 @@ class RunSpec:
     #: durable at every snapshot as if a recovery store were configured
     external_recovery: bool = False
 
+    @property
+    def recovers(self) -> bool:
+        """Bytewax snapshots are stored and read back (a recovery store, ours or bytewax.run's)."""
+        return self.recovery_dir is not None or self.external_recovery
+
 
 def make_flow(spec: RunSpec) -> Dataflow:
     """Build the Dataflow of a run (file or Kafka source, tables, and topics in Kafka mode)."""
@@ -91,7 +96,7 @@ def make_flow(spec: RunSpec) -> Dataflow:
         secret=spec.secret,
         started_at_us=spec.started_at_us,
         live=spec.kafka is not None and not spec.kafka.stop_at_end,
-        recovery=spec.recovery_dir is not None or spec.external_recovery,
+        recovery=spec.recovers,
     )
     if spec.kafka is None:
         return build_flow(FileSource(spec.paths, spec.settings.batch_size), cfg)
@@ -153,7 +158,7 @@ def _epoch(spec: RunSpec) -> timedelta:
     at 10 s epochs, 0.28 s at 1 s, 0.21 s at 0.25 s; 1 worker is not slowed measurably). A live
     run that keeps no recovery store uses 0.25 s epochs (its snapshots are never read);
     otherwise `snapshot_interval`."""
-    if spec.kafka is not None and spec.recovery_dir is None and not spec.external_recovery:
+    if spec.kafka is not None and not spec.recovers:
         return min(spec.settings.snapshot_interval, LIVE_EPOCH)
     return spec.settings.snapshot_interval
 

@@ -127,9 +127,8 @@ def trend_stats(
             pl.col("avg_score") + pl.col("trend_slope") * (pl.col("_xc_last") + PROJECTION_DAYS)
         ).clip(0.0, 100.0),
     )
-    return out.select(*keys, *(pl.col(c).cast(t) for c, t in TREND_COLUMNS.items())).sort(
-        keys, nulls_last=True
-    )
+    # rows are in key order already (the window was sorted by the keys, nulls last)
+    return out.select(*keys, *(pl.col(c).cast(t) for c, t in TREND_COLUMNS.items()))
 
 
 def skill_profile(scored: pl.DataFrame, *, as_of_us: int, window_us: int) -> pl.DataFrame:

@@ -195,8 +195,15 @@ class _Arrays:
         "low_perf_active",
     )
     RINGS = ("ring_completions", "ring_time", "ring_score")
-    #: the event rules' last 5 scored events (see `operators.event_rules.RuleArrays`)
-    RULE_SLOTS = ("rule_t", "rule_score")
+    #: the arrays behind `rules()` (see `operators.event_rules.RuleArrays`)
+    RULES = (
+        "rule_t",
+        "rule_score",
+        "struggling_active",
+        "last_assessment",
+        "assessed",
+        "low_perf_active",
+    )
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = 0
@@ -260,8 +267,7 @@ class UserAnalytics:
         self.evicted = 0
         self.size = 0
         self.a = _Arrays()
-        self.slots = pl.DataFrame(schema={"user_key": pl.String, "slot": pl.Int64})
-        #: user_key -> slot (row i of `slots` is slot i)
+        #: user_key -> slot: the i-th key is slot i (see the `slots` frame)
         self._slot_index = KeyIndex()
         self.cohort_id = pl.Series("cohort_id", [], dtype=pl.String)
         self.org_id = pl.Series("org_id", [], dtype=pl.String)
@@ -286,6 +292,17 @@ class UserAnalytics:
             pl.DataFrame({"z": zones}).join(lookup, on="z", how="left", maintain_order="left")["zi"]
         ).to_numpy()
 
+    @property
+    def _user_keys(self) -> pl.Series:
+        """user_key of every slot (element i is slot i)."""
+        return self._slot_index.keys.alias("user_key")
+
+    @property
+    def slots(self) -> pl.DataFrame:
+        """user_key, slot of every user of this shard (for joins)."""
+        keys = self._user_keys
+        return pl.DataFrame({"user_key": keys, "slot": np.arange(len(keys), dtype=np.int64)})
+
     def _assign_slots(self, keys: pl.Series) -> pl.DataFrame:
         """user_key -> slot for the distinct keys of a batch, creating slots for new users."""
         distinct = keys.unique(maintain_order=True)
@@ -294,7 +311,6 @@ class UserAnalytics:
         if new.any():
             fresh = distinct.filter(pl.Series(new))
             slot[new] = self._slot_index.append(fresh)
-            self.slots = pl.concat([self.slots, pl.DataFrame({"user_key": fresh, "slot": slot[new]})])
             self.size += len(fresh)
             self.a.ensure(self.size)
             grow = self.size - len(self.cohort_id)
@@ -592,8 +608,7 @@ class UserAnalytics:
             survivors = values[:n][keep]
             values[: len(survivors)] = survivors
             self.a.data[name] = values
-        self.slots = renumber(self.slots)
-        self._slot_index.replace(self.slots["user_key"])
+        self._slot_index.replace(self._slot_index.keys.filter(pl.Series(keep)))
         self.cohort_id = self.cohort_id.filter(pl.Series(keep))
         self.org_id = self.org_id.filter(pl.Series(keep))
         self.open_days = renumber(self.open_days)
@@ -809,8 +824,7 @@ class UserAnalytics:
         return USER_DAILY.conform(user_daily), USER_SKILL_DAILY.conform(skill_daily)
 
     def _keys_of(self, slots: np.ndarray) -> list[str]:
-        # slots are appended in slot order, so row i of `self.slots` is slot i
-        return self.slots["user_key"].gather(slots).to_list() if len(slots) else []
+        return self._user_keys.gather(slots).to_list() if len(slots) else []
 
     def _edge(
         self,
@@ -867,7 +881,7 @@ class UserAnalytics:
         slots = frame["slot"].to_numpy()
         zones = pl.Series(self.zones, dtype=pl.String).gather(self.a.zone[slots])
         frame = frame.with_columns(
-            user_key=self.slots["user_key"].gather(slots),
+            user_key=self._user_keys.gather(slots),
             cohort_id=self.cohort_id.gather(slots),
             org_id=self.org_id.gather(slots),
             trigger=pl.col("date").cast(pl.String),
@@ -963,7 +977,7 @@ class UserAnalytics:
             .join(self.slots, on="user_key")
             .drop("user_key")
         )
-        keys = self.slots["user_key"]
+        keys = self._user_keys
         nan_to_null = {
             c: pl.col(c).fill_nan(None)
             for c in (
@@ -1056,7 +1070,7 @@ class UserAnalytics:
     # ------------------------------------------------------------------ recovery
     def snapshot(self) -> dict[str, Any]:
         """Plain picklable copy of the whole state."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("a", "_slot_index")}
+        state = {k: v for k, v in self.__dict__.items() if k != "a"}
         state["arrays"] = {k: v[: self.size].copy() for k, v in self.a.data.items()}
         return state
 
@@ -1065,7 +1079,6 @@ class UserAnalytics:
         self = cls.__new__(cls)
         arrays = snap["arrays"]
         self.__dict__.update({k: v for k, v in snap.items() if k != "arrays"})
-        self._slot_index = KeyIndex(self.slots["user_key"])
         self.a = _Arrays(max(1024, self.size))
         for k, v in arrays.items():
             self.a.data[k][: len(v)] = v

@@ -204,7 +204,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         (With 10 ms, every poll of a busy partition waited the full 10 ms for a `batch_size`
         that never came: 20 ms per cycle of a worker reading two partitions.)
     :arg idle_backoff_s: the longest a partition sleeps (via `next_awake`) after polls that
-        returned nothing; the pause doubles from 2 ms up to this with each empty poll.
+        returned nothing; the pause is 2 ms for ten empty polls, then doubles up to this.
     :arg starting_offset: where a partition without snapshot state starts (default: the
         beginning; `confluent_kafka.OFFSET_END` for only new messages).
     """
