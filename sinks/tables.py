@@ -160,12 +160,17 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def create_table_sql(table: Table, *, if_not_exists: bool = False) -> str:
-    """`CREATE TABLE` for `table` with its PRIMARY KEY."""
+def create_table_sql(table: Table, *, if_not_exists: bool = False, primary_key: bool = True) -> str:
+    """`CREATE TABLE` for `table` with its PRIMARY KEY (without: add it with `add_key_sql`)."""
     cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in table.schema.items())
-    key = ", ".join(_q(k) for k in table.key)
+    key = f", PRIMARY KEY ({', '.join(_q(k) for k in table.key)})" if primary_key else ""
     ine = "IF NOT EXISTS " if if_not_exists else ""
-    return f"CREATE TABLE {ine}{_q(table.name)} ({cols}, PRIMARY KEY ({key}))"
+    return f"CREATE TABLE {ine}{_q(table.name)} ({cols}{key})"
+
+
+def add_key_sql(table: Table) -> str:
+    """`ALTER TABLE` adding the PRIMARY KEY of a table created with `primary_key=False`."""
+    return f"ALTER TABLE {_q(table.name)} ADD PRIMARY KEY ({', '.join(_q(k) for k in table.key)})"
 
 
 def _is_lock_error(exc: duckdb.Error) -> bool:
@@ -606,6 +611,11 @@ class TableStore:
         state. Reason: with DuckDB 2.0.1, replacing many existing rows of a table that has a
         VARCHAR[] column and a PRIMARY KEY is pathologically slow (measured on 2 vCPUs, 1M-row
         user_state: 10k changed rows 0.4 s, 100k 3.4 s, all 1M 64 s; full rewrite about 2 s).
+
+        A table created in this transaction is filled first and gets its PRIMARY KEY afterwards
+        (the rows are unique by key): building the index once is cheaper than maintaining it row
+        by row (first commit of the file benchmark, 610k rows in 5 tables: 0.71 s instead of
+        1.3 s with INSERT OR REPLACE).
         """
         if not frames:
             return
@@ -627,18 +637,22 @@ class TableStore:
                     t = self.tables[name]
                     cols = ", ".join(_q(c) for c in t.columns)
                     view = f"__staged_{name}"
-                    rows, verb, incremental = frame, "INSERT INTO", False
+                    rows, verb, incremental, created = frame, "INSERT INTO", False, False
                     if t.mode != "snapshot":
-                        con.execute(create_table_sql(t, if_not_exists=True))
-                        self._check_duck_columns(con, t)
-                        verb = "INSERT OR REPLACE INTO"
+                        if name in existing:
+                            self._check_duck_columns(con, t)
+                            verb = "INSERT OR REPLACE INTO"
+                        else:
+                            con.execute(create_table_sql(t, primary_key=False))
+                            created = True
                     elif name in existing and frame.height * 50 <= self._state[name].height:
                         self._check_duck_columns(con, t)
                         incremental = True
                     else:
                         rows = self._state[name]
                         con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
-                        con.execute(create_table_sql(t))
+                        con.execute(create_table_sql(t, primary_key=False))
+                        created = True
                     # zero-copy: the newest compat level keeps polars' string views as Arrow views
                     con.register(view, rows.to_arrow(compat_level=pl.CompatLevel.newest()))
                     if incremental:
@@ -646,6 +660,8 @@ class TableStore:
                         con.execute(f"DELETE FROM {_q(name)} USING {_q(view)} AS s WHERE {match}")
                     con.execute(f"{verb} {_q(name)} ({cols}) SELECT {cols} FROM {_q(view)}")
                     con.unregister(view)
+                    if created:
+                        con.execute(add_key_sql(t))
                 con.execute("COMMIT")
             except BaseException:
                 try:

@@ -737,6 +737,23 @@ def test_fast_path_chunking_and_hints(monkeypatch: pytest.MonkeyPatch) -> None:
     decode(lines)
 
 
+def test_parallel_blocks_then_one_block_hints(monkeypatch: pytest.MonkeyPatch) -> None:
+    # blocks of 256 bytes: the first read of each range runs on several Arrow blocks; a range
+    # with a bad line fails there and is read again as one block for the row hint
+    monkeypatch.setattr(decode_module, "_PARALLEL_BLOCK", 256)
+    monkeypatch.setattr(
+        decode_module, "_PARALLEL_READ", decode_module.pa_json.ReadOptions(block_size=256, use_threads=True)
+    )
+    clean: list[Line] = [ev(event_id=f"e{i}") for i in range(300)]
+    assert decode(clean).events.height == 300
+    lines = list(clean)
+    for at, bad in ((3, "not json"), (120, ev(event_id=5)), (299, ev(score="1"))):
+        lines[at] = bad
+    result = decode(lines)  # asserts fast == slow
+    assert result.rejected.height == 3
+    assert sorted(result.rejected["source_ref"].str.extract(r":(\d+)$").cast(pl.Int64)) == [4, 121, 300]
+
+
 def test_clean_batch_never_touches_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     original = decode_module._orjson_parse
