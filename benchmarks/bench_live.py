@@ -223,7 +223,8 @@ class Pipeline:
         files = list((self.out / "parquet" / "pipeline_runs").glob("**/*.parquet"))
         if not files:
             return None
-        return int(pl.read_parquet(files)["records_in"].max())  # type: ignore[arg-type]
+        top = pl.read_parquet(files)["records_in"].max()  # the empty-table file alone: no row yet
+        return None if top is None else int(top)  # type: ignore[arg-type]
 
 
 class Alerts:

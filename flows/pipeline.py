@@ -168,7 +168,8 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
         self.cfg = cfg
         self.settings = cfg.settings
         self.pseudonymizer = Pseudonymizer(cfg.secret)
-        self.admission = Admission(cfg.settings)
+        # a finite input remembers every event_id: duplicates do not depend on batch boundaries
+        self.admission = Admission(cfg.settings, forget_ids=cfg.live)
         self.seq = 0
         self.last_item_wall_us = now_us()
         self.idle_us = _us(cfg.settings.idle_timeout)
@@ -434,11 +435,14 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         if evaluate:
             self.next_eval_us = emitted + self.interval_us
         self.pending = self.cfg.live and not (evaluate or final)
+        # `got` holds closed days too when a user returned after `state_ttl` within the batch
+        # (the days were advanced to that event's watermark first)
         alerts = pl.concat([got.alerts, closed.alerts])
+        user_daily = pl.concat([got.user_daily, closed.user_daily])
         late = got.late
         tables = {
-            "user_daily": closed.user_daily,
-            "user_skill_daily": closed.user_skill_daily,
+            "user_daily": user_daily,
+            "user_skill_daily": pl.concat([got.user_skill_daily, closed.user_skill_daily]),
             "user_state": pl.concat([got.user_state, closed.user_state]),
             "user_skill_state": pl.concat([got.user_skill_state, closed.user_skill_state]),
             "alerts": alerts,
@@ -454,15 +458,15 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
 
             if len(alerts):
                 out.append(("topic", publish.alerts, alert_messages(alerts)))
-            if len(closed.user_daily):
-                out.append(("topic", publish.metrics, metric_messages("user_day", closed.user_daily)))
+            if len(user_daily):
+                out.append(("topic", publish.metrics, metric_messages("user_day", user_daily)))
             if len(tables["user_state"]):
                 out.append(("topic", publish.metrics, metric_messages("user_state", tables["user_state"])))
         out.append(
             (
                 "cohort",
                 "all",
-                CohortInput(closed.user_daily, alerts, self.shard, watermark, final),
+                CohortInput(user_daily, alerts, self.shard, watermark, final),
             )
         )
         out.append(

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from schemas.tables import TABLES
+from sinks.tables import duckdb_type
 
 
 def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -21,6 +22,9 @@ def connect(out_dir: Path) -> duckdb.DuckDBPyConnection:
     parquet = Path(out_dir) / "parquet"
     for name, table in TABLES.items():
         if not any((parquet / name).glob("**/*.parquet")):
+            # no output (yet): an empty view with the table's columns
+            columns = ", ".join(f"CAST(NULL AS {duckdb_type(t)}) AS {c}" for c, t in table.schema.items())
+            con.execute(f"CREATE VIEW {name} AS SELECT {columns} WHERE false")
             continue
         glob = str(parquet / name / "**" / "*.parquet").replace("'", "''")
         hive = "true" if table.partition else "false"

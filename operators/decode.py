@@ -61,10 +61,11 @@ from __future__ import annotations
 import json
 import re
 import zoneinfo
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -76,19 +77,85 @@ from learnstream.config import ConfigError, Settings
 from operators.pseudonymize import Pseudonymizer
 from schemas.events import EVENT_BATCH_SCHEMA, EVENT_TYPES, REJECTED_BATCH_SCHEMA
 
-__all__ = ["DecodeResult", "RawBatch", "decode_batch", "known_timezones"]
+__all__ = ["BufferLines", "DecodeResult", "RawBatch", "decode_batch", "known_timezones"]
+
+
+class BufferLines(Sequence[bytes]):
+    """Records that are slices of one buffer: record `i` is `data[starts[i]:ends[i]]`.
+
+    What the file reader hands over instead of a list of bytes objects: finding the lines is one
+    numpy pass over the bytes, and `decode_batch` builds its columns and the Arrow reader's input
+    from the buffer without a Python object per record (about 0.2 s per 200k records saved).
+    Indexing and iterating give bytes like a list does, for the paths that go record by record.
+    """
+
+    __slots__ = ("data", "ends", "starts")
+
+    def __init__(self, data: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+        if len(starts) != len(ends):
+            raise ValueError(f"BufferLines: {len(starts)} starts but {len(ends)} ends")
+        self.data = data
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ends = np.asarray(ends, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            bounds = zip(self.starts[i].tolist(), self.ends[i].tolist(), strict=True)
+            return [self.data[lo:hi] for lo, hi in bounds]
+        return self.data[int(self.starts[i]) : int(self.ends[i])]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data = self.data
+        for lo, hi in zip(self.starts.tolist(), self.ends.tolist(), strict=True):
+            yield data[lo:hi]
+
+    def column(self) -> pl.Series:
+        """The records as a Binary column. The offsets alternate record starts and ends, so the
+        Arrow array covers the buffer zero-copy with the separators as every other element."""
+        n = len(self)
+        if n == 0:
+            return pl.Series("line", [], dtype=pl.Binary)
+        offsets = np.empty(2 * n, dtype=np.int64)
+        offsets[0::2] = self.starts
+        offsets[1::2] = self.ends
+        spans = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), 2 * n - 1, [None, pa.py_buffer(offsets), pa.py_buffer(self.data)]
+        )
+        column = pl.from_arrow(spans)
+        assert isinstance(column, pl.Series)
+        return column.gather_every(2).rename("line")
+
+    def joined(self, idx: np.ndarray) -> pa.Buffer | None:
+        """Records `idx` joined by newlines as a zero-copy slice of the buffer, when they follow
+        each other there with exactly one newline between (no blank line); else None."""
+        if idx.size == 0 or int(idx[-1]) - int(idx[0]) != idx.size - 1:
+            return None
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        if not np.array_equal(self.starts[lo + 1 : hi], self.ends[lo : hi - 1] + 1):
+            return None
+        start = int(self.starts[lo])
+        return pa.py_buffer(self.data).slice(start, int(self.ends[hi - 1]) - start)
 
 
 @dataclass
 class RawBatch:
     """One micro-batch of raw records as a source read them.
 
-    `lines` hold one record each, without the trailing newline (blank lines never get here);
-    `positions[i]` is the line number (from 1) or Kafka offset of `lines[i]`, so that
-    `source_ref = ref_prefix + str(positions[i])`.
+    `lines` hold one record each, without the trailing newline (blank lines never get here): a
+    list, or `BufferLines` (file reader); `positions[i]` is the line number (from 1) or Kafka
+    offset of `lines[i]`, so that `source_ref = ref_prefix + str(positions[i])`.
     """
 
-    lines: list[bytes]
+    lines: Sequence[bytes]
     ref_prefix: str
     positions: np.ndarray
     received_at_us: int
@@ -230,7 +297,7 @@ def _decode(
             events=pl.DataFrame(schema=EVENT_BATCH_SCHEMA),
             rejected=pl.DataFrame(schema=REJECTED_BATCH_SCHEMA),
         )
-    binary = pl.Series("line", lines, dtype=pl.Binary)
+    binary = lines.column() if isinstance(lines, BufferLines) else pl.Series("line", lines, dtype=pl.Binary)
     sizes = binary.bin.size().cast(pl.Int64)
     text = _utf8_text(binary, lines)
 
@@ -283,7 +350,7 @@ def _decode(
 # bytes -> text
 
 
-def _utf8_text(binary: pl.Series, lines: list[bytes]) -> pl.Series:
+def _utf8_text(binary: pl.Series, lines: Sequence[bytes]) -> pl.Series:
     """The lines as a String column, null where not valid UTF-8.
 
     The column cast validates the whole batch in one go; only a batch that holds invalid UTF-8
@@ -325,7 +392,7 @@ def _arrow_safe(text: pl.Series, sizes: pl.Series) -> np.ndarray:
 
 
 def _arrow_parse(
-    lines: list[bytes], idx: np.ndarray, sizes: np.ndarray
+    lines: Sequence[bytes], idx: np.ndarray, sizes: np.ndarray
 ) -> tuple[list[pl.DataFrame], np.ndarray]:
     """Parse `lines[idx]` with the Arrow JSON reader; returns frames and the lines it refused.
 
@@ -336,19 +403,13 @@ def _arrow_parse(
     as parsing up to the bad line; after `8 + lines / 2000` failures the rest goes to the slow
     path, which is then cheaper.
     """
-    if idx.size == len(lines):  # the usual case: every line
-        selected = lines
-    elif idx.size == 1:
-        selected = [lines[int(idx[0])]]
-    else:
-        selected = list(itemgetter(*idx.tolist())(lines))
     line_bytes = sizes[idx] + 1  # with the joining newline
     bounds = _chunk_bounds(line_bytes)
     frames: list[pl.DataFrame] = []
     refused: list[int] = []
-    failures_left = 8 + len(selected) // 2000
+    failures_left = 8 + idx.size // 2000
     for c_lo, c_hi in zip(bounds[:-1], bounds[1:], strict=True):
-        buf = pa.py_buffer(b"\n".join(selected[c_lo:c_hi]))
+        buf = _joined(lines, idx[c_lo:c_hi])
         starts = np.zeros(c_hi - c_lo + 1, dtype=np.int64)
         np.cumsum(line_bytes[c_lo:c_hi], out=starts[1:])
         work = [(0, c_hi - c_lo)]
@@ -379,6 +440,21 @@ def _arrow_parse(
                 work.append((mid, hi))
                 work.append((lo, mid))
     return frames, idx[np.sort(np.asarray(refused, dtype=np.int64))]
+
+
+def _joined(lines: Sequence[bytes], idx: np.ndarray) -> pa.Buffer:
+    """Records `idx` joined by newlines (a slice of the file reader's buffer where possible)."""
+    if isinstance(lines, BufferLines):
+        joined = lines.joined(idx)
+        if joined is not None:
+            return joined
+    if idx.size == len(lines):  # every line
+        selected = list(lines)
+    elif idx.size == 1:
+        selected = [lines[int(idx[0])]]
+    else:
+        selected = list(itemgetter(*idx.tolist())(lines))
+    return pa.py_buffer(b"\n".join(selected))
 
 
 def _chunk_bounds(sizes: np.ndarray) -> list[int]:

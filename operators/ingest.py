@@ -5,17 +5,18 @@
 1. **duplicate**: an earlier valid record of this partition had the same `event_id` and an event time
    within `dedup_horizon` of this one. Dropped and counted.
 2. **late**: the event's local day (in its own zone) has already closed, i.e. the watermark *before*
-   the event arrived is at or past that day's end plus `allowed_lateness`. Goes to `late_events`.
+   the event arrived is past that day's end plus `allowed_lateness` (SPEC: "passes"). Goes to `late_events`.
 3. otherwise **accepted**.
 
 The watermark is the newest accepted event time minus `max_out_of_orderness`; it never moves back.
 It is computed per event inside a batch with a running maximum, so a batch gives exactly what
 one-event-at-a-time processing would.
 
-State and its horizon: the newest event time (one integer) and the `event_id`s of valid records whose
-event time is within `dedup_horizon` + `allowed_lateness` + one day of the newest event time (older
-ids are evicted: a re-sent record older than that is late anyway, and is counted as late, not as a
-duplicate).
+State: the newest event time (one integer) and the `event_id`s of valid records. A finite input
+(files) keeps every id, so that a record re-sent much later is a duplicate whichever batch or file
+it is read in. A live input (`forget_ids=True`) keeps, for bounded memory, the ids whose event time
+is within `dedup_horizon` + `allowed_lateness` + one day of the newest event time: an older re-sent
+record would be late anyway, and then counts as late, not as a duplicate.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Admitted:
 class Admission:
     """Stateful dedup + watermark + lateness for one source partition (pure: no I/O)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, forget_ids: bool = True) -> None:
+        self.forget_ids = forget_ids
         self.ooo_us = _us(settings.max_out_of_orderness)
         self.lateness_us = _us(settings.allowed_lateness)
         self.horizon_us = _us(settings.dedup_horizon)
@@ -109,7 +111,7 @@ class Admission:
         # A late event has t < its day's end <= watermark, so it never raises the maximum: the
         # running maximum over all valid events equals the one over accepted events.
         valid = valid.with_columns(
-            late=(pl.col("max_before") - self.ooo_us) >= (pl.col("day_end_us") + self.lateness_us)
+            late=(pl.col("max_before") - self.ooo_us) > (pl.col("day_end_us") + self.lateness_us)
         )
         cols = list(EVENT_BATCH_SCHEMA)
         # accepted events also carry the watermark at their arrival (`watermark_us`, null before
@@ -135,8 +137,9 @@ class Admission:
         self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
         self.ids.append(new["event_id"])
         self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
-        self.keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
-        if len(self.seen_t) > 2 * self._compacted + 100_000:
+        if self.forget_ids:
+            self.keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
+        if self.forget_ids and len(self.seen_t) > 2 * self._compacted + 100_000:
             self._compact()
         return Admitted(accepted, late, duplicates, self.watermark_us)
 

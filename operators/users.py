@@ -320,7 +320,8 @@ class UserAnalytics:
 
     def _closed_horizon(self, zone_ids: np.ndarray, as_of_us: int, final: bool) -> np.ndarray:
         """Per user: the last local day the watermark has closed (SPEC §4)."""
-        instant = as_of_us if final else as_of_us - self.lateness_us
+        # a day closes once the watermark *passes* its end plus the lateness (strictly later)
+        instant = as_of_us if final else as_of_us - self.lateness_us - 1
         used = np.unique(zone_ids)
         days = local_day_of(instant, [self.zones[i] for i in used])
         table = np.zeros(len(self.zones), dtype=np.int32)
@@ -989,7 +990,9 @@ class UserAnalytics:
             )
         }
         last_closed = a.last_closed[chosen]
-        z_perf = np.where(a.last_scored_day[chosen] != _NO_DAY, a.z_performance[chosen], np.nan)
+        # like the other two scores, that of the last closed day: null unless that day was scored
+        scored_last = (a.last_scored_day[chosen] != _NO_DAY) & (a.last_scored_day[chosen] == last_closed)
+        z_perf = np.where(scored_last, a.z_performance[chosen], np.nan)
         in_series = a.first_active[chosen] != _NO_DAY
         frame = (
             users.with_columns(

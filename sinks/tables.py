@@ -81,6 +81,9 @@ PARQUET_DIR = "parquet"
 DUCKDB_FILE = "learnstream.duckdb"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".tablestore.lock"
+#: the 0-row file (the table's schema) at the root of a table that has no rows yet, so that
+#: `read_parquet('<out>/parquet/<table>/**/*.parquet')` reads an empty table instead of failing
+EMPTY_FILE = "empty.parquet"
 
 # ---------------------------------------------------------------------------------------------
 # file system primitives
@@ -123,6 +126,11 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _has_parquet(directory: Path) -> bool:
+    """Whether any Parquet file lies under `directory` (stops at the first one)."""
+    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*.parquet"))
 
 
 def _parquet_files(directory: Path, recursive: bool) -> list[Path]:
@@ -288,6 +296,8 @@ class TableStore:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
         self.recover()
+        for t in self.tables.values():
+            self._ensure_readable(t)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -556,6 +566,13 @@ class TableStore:
                 self._write_file(frame, new_dir)
                 stats.files += 1
         (commit_dir / "old").mkdir()
+        for t in {id(u.table): u.table for u in units}.values():
+            # a table's first partition: the empty-table file goes first (readers would find a
+            # file outside the hive partitions); a whole-table swap replaces it anyway
+            placeholder = self._table_dir(t) / EMPTY_FILE
+            if placeholder.exists() and any(u.relpath != t.name for u in units if u.table is t):
+                placeholder.unlink()
+                _fsync_path(placeholder.parent)
         manifest = commit_dir / "manifest.json"
         manifest.write_text(json.dumps(entries))
         _fsync_path(manifest)
@@ -568,6 +585,22 @@ class TableStore:
             )
             stats.units += 1
         shutil.rmtree(commit_dir)
+        for t in {id(u.table): u.table for u in units}.values():
+            self._ensure_readable(t)
+
+    def _ensure_readable(self, t: Table) -> None:
+        """Give a table without any Parquet file its empty-table file (`EMPTY_FILE`)."""
+        directory = self._table_dir(t)
+        if _has_parquet(directory):
+            return
+        staged = self.staging_dir / uuid.uuid4().hex
+        staged.mkdir(parents=True)
+        t.empty().write_parquet(staged / EMPTY_FILE, compression=self._compression)
+        _fsync_path(staged / EMPTY_FILE)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.rename(staged / EMPTY_FILE, directory / EMPTY_FILE)
+        _fsync_path(directory)
+        shutil.rmtree(staged)
 
     @staticmethod
     def _swap(new: Path, target: Path, old: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.decode import RawBatch
+from operators.decode import BufferLines, RawBatch
 
 PARTITION = "files"
 _CHUNK_BYTES = 1 << 24
@@ -52,86 +52,84 @@ class FileReader:
         return None
 
     def _read_from_current(self) -> RawBatch | None:
+        """Up to `batch_size` records of the current file from `position`; None at its end.
+
+        Lines are found with one numpy pass per chunk; the records stay slices of one buffer
+        (`BufferLines`), so no Python object is made per record.
+        """
         path = self.paths[self.position.file_index]
+        pieces: list[bytes | memoryview] = []
+        starts: list[np.ndarray] = []
+        ends: list[np.ndarray] = []
+        numbers: list[np.ndarray] = []
+        offset = self.position.offset
+        line = self.position.line
+        count = 0
+        base = 0  # bytes in `pieces`
         with path.open("rb") as handle:
-            handle.seek(self.position.offset)
-            lines: list[bytes] = []
-            numbers: list[np.ndarray] = []
-            offset = self.position.offset
-            line = self.position.line
-            count = 0
+            handle.seek(offset)
             while count < self.batch_size:
                 chunk = handle.read(_CHUNK_BYTES)
                 if not chunk:
                     break
-                last_newline = chunk.rfind(b"\n")
                 at_eof = len(chunk) < _CHUNK_BYTES
-                if last_newline < 0 and not at_eof:
+                if chunk.rfind(b"\n") < 0 and not at_eof:
                     # one record longer than a chunk: read on until its end
                     more = handle.readline()
                     chunk += more
-                    last_newline = len(chunk) - 1 if more.endswith(b"\n") else -1
                     at_eof = not more.endswith(b"\n")
-                usable = chunk if at_eof else chunk[: last_newline + 1]
-                parts = usable.split(b"\n")
-                if usable.endswith(b"\n"):
-                    parts.pop()
-                # keep at most what the batch still needs
+                found = _lines(chunk, at_eof)
+                # keep the lines up to the one holding the last record the batch still needs
+                records = np.flatnonzero(~found.blank)
                 need = self.batch_size - count
-                take, consumed = _take(parts, need)
-                kept, kept_numbers = _non_blank(take, line)
-                lines.extend(kept)
-                numbers.append(kept_numbers)
-                count += len(kept)
-                line += len(take)
+                take = len(found.ends) if records.size <= need else int(records[need - 1]) + 1
+                records = records[records < take]
+                consumed = min(int(found.ends[take - 1]) + 1, len(chunk))
+                pieces.append(memoryview(chunk)[:consumed])
+                starts.append(found.starts[records] + base)
+                ends.append(found.ends[records] + base)
+                numbers.append(records + line + 1)
+                base += consumed
+                count += records.size
+                line += take
                 offset += consumed
                 handle.seek(offset)
-                if at_eof and len(take) == len(parts):
+                if at_eof and take == len(found.ends):
                     break
         self.position = FilePosition(self.position.file_index, offset, line)
-        if not lines:
+        if not count:
             return None
-        positions = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
         return RawBatch(
-            lines=lines,
+            lines=BufferLines(b"".join(pieces), np.concatenate(starts), np.concatenate(ends)),
             ref_prefix=f"file:{path}:",
-            positions=positions,
+            positions=np.concatenate(numbers),
             received_at_us=time.time_ns() // 1000,
         )
 
 
-def _take(parts: list[bytes], need: int) -> tuple[list[bytes], int]:
-    """At most `need` non-blank records from `parts`, and how many bytes they span (with newlines)."""
-    if len(parts) <= need:
-        chosen = parts
-    else:
-        # blank lines do not count towards the batch size; they are rare, so count them lazily
-        chosen = parts[:need]
-        blanks = sum(1 for p in chosen if not p or p == b"\r")
-        extra = need
-        while blanks and extra < len(parts):
-            grow = parts[extra : extra + blanks]
-            blanks = sum(1 for p in grow if not p or p == b"\r")
-            chosen = chosen + grow
-            extra += len(grow)
-    consumed = sum(map(len, chosen)) + len(chosen)
-    return chosen, consumed
+@dataclass(frozen=True)
+class _Lines:
+    starts: np.ndarray  # first byte of each line
+    ends: np.ndarray  # its newline (or the end of the data)
+    blank: np.ndarray  # empty, or only `\r`: not a record (but counted as a line)
 
 
-def _non_blank(parts: list[bytes], first_line: int) -> tuple[list[bytes], np.ndarray]:
-    """Drop blank lines; keep the line numbers (from 1) of the others.
+def _lines(chunk: bytes, at_eof: bool) -> _Lines:
+    """The lines of `chunk` up to its last newline (at the end of the file: all of it).
 
-    A trailing `\r` (CRLF files) is left in place: JSON parsers read it as whitespace.
+    A trailing `\r` (CRLF files) stays in the record: JSON parsers read it as whitespace.
     """
-    numbers = np.arange(first_line + 1, first_line + 1 + len(parts), dtype=np.int64)
-    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    maybe_blank = np.nonzero(lengths <= 1)[0]
-    blank = [int(i) for i in maybe_blank if parts[i] in (b"", b"\r")]
-    if not blank:
-        return parts, numbers
-    keep = np.ones(len(parts), dtype=bool)
-    keep[blank] = False
-    return [p for p, k in zip(parts, keep, strict=True) if k], numbers[keep]
+    view = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(view == 0x0A)
+    if at_eof and not chunk.endswith(b"\n"):
+        ends = np.append(ends, len(chunk))  # a last line without newline
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    first = view[np.minimum(starts, len(chunk) - 1)] if len(chunk) else np.zeros(0, np.uint8)
+    blank = (lengths == 0) | ((lengths == 1) & (first == 0x0D))
+    return _Lines(starts, ends, blank)
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, FilePosition]):

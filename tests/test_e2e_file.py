@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -171,3 +172,38 @@ def test_a_decoder_failure_becomes_a_dead_letter_not_a_stopped_flow(
     assert rejected["detail"][0].startswith("could not be decoded (RuntimeError: decoder bug)")
     run = read_table(out, "pipeline_runs").row(0, named=True)
     assert (run["records_in"], run["accepted"], run["rejected"]) == (3, 2, 1)
+
+
+def test_a_user_returning_after_state_ttl_loses_no_day_of_anyone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # u1 is active 2025-01-01 and returns 2025-08-01, after state_ttl=180d: the batch is split at
+    # that event and every user's days are closed up to its watermark (08-01 09:55) first. Those
+    # rows (u1's 01-01, u3's 07-30, u2's 07-31) must reach user_daily like any other closed day;
+    # u1 then starts afresh (issue 5), so its state counts only 08-01.
+    events = tmp_path / "ttl.jsonl"
+    rows = [
+        ("t1", "u1", "lesson_completed", "2025-01-01T10:00:00Z"),
+        ("y1", "u3", "lesson_completed", "2025-07-30T10:00:00Z"),
+        ("x1", "u2", "session_started", "2025-07-31T10:00:00Z"),
+        ("t4", "u1", "lesson_completed", "2025-08-01T10:00:00Z"),
+    ]
+    events.write_text("".join(
+        json.dumps({"event_id": e, "user_id": u, "type": t, "timestamp": ts, "cohort_id": "c"}) + "\n"
+        for e, u, t, ts in rows
+    ))
+    monkeypatch.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+    out = tmp_path / "out"
+    assert main(["run", "--source", f"file:{events}", "--out", str(out)]) == 0
+    daily = read_table(out, "user_daily").sort("date")
+    assert daily.select("user_key", "date", "events").rows() == [
+        (key_of("u1"), date(2025, 1, 1), 1),
+        (key_of("u3"), date(2025, 7, 30), 1),
+        (key_of("u2"), date(2025, 7, 31), 1),
+        (key_of("u1"), date(2025, 8, 1), 1),
+    ]
+    cohorts = read_table(out, "cohort_daily")
+    # and the cohort table (u2's session alone is no completion: not an active user)
+    assert cohorts.sort("date").select("date", "events", "active_users").rows() == [
+        (date(2025, 1, 1), 1, 1), (date(2025, 7, 30), 1, 1), (date(2025, 7, 31), 1, 0), (date(2025, 8, 1), 1, 1),
+    ]

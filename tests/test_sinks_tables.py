@@ -66,6 +66,11 @@ def parquet_rows(
     return con.execute(sql).fetchall()
 
 
+def data_files(out: Path) -> list[Path]:
+    """Parquet files holding rows: every file but the empty-table files."""
+    return [p for p in (out / "parquet").rglob("*.parquet") if p.name != tables_mod.EMPTY_FILE]
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[TableStore]:
     s = TableStore(tmp_path / "out")
@@ -98,9 +103,34 @@ def test_same_key_across_commits_keeps_one_row_with_last_values(store: TableStor
 
 def test_empty_commit_does_no_io(tmp_path: Path) -> None:
     with TableStore(tmp_path) as s:
+        before = sorted((tmp_path / "parquet").rglob("*"))
         assert s.commit().rows == {}
+        assert sorted((tmp_path / "parquet").rglob("*")) == before
     assert not (tmp_path / "learnstream.duckdb").exists()
-    assert not (tmp_path / "parquet").exists()
+    assert not data_files(tmp_path)
+
+
+def test_a_table_without_rows_reads_as_empty_until_its_first_partition(tmp_path: Path) -> None:
+    # SPEC §7: every table is a Parquet dataset under <out>/parquet/<table>/. A table with no row
+    # yet holds one 0-row file with its schema at the root, so the analysts' read_parquet glob
+    # gives 0 rows instead of "no files found"; it goes before the first partition is added
+    # (a file outside the partitions would break hive partitioning).
+    with TableStore(tmp_path) as s:
+        for name, table in TABLES.items():
+            assert [p.name for p in (tmp_path / "parquet" / name).rglob("*.parquet")] == ["empty.parquet"]
+            con = duckdb.connect()
+            glob = tmp_path / "parquet" / name / "**" / "*.parquet"
+            relation = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
+            assert relation.columns == table.columns and relation.fetchall() == [], name
+        s.write("user_daily", frame("user_daily", [daily("u1", D1, 1)]))
+        s.commit()
+        assert not (tmp_path / "parquet" / "user_daily" / "empty.parquet").exists()
+        assert parquet_rows(tmp_path, "user_daily", "user_key, date, events") == [("u1", D1, 1)]
+        # erasing every row leaves an empty, still readable table
+        assert s.delete_rows("user_daily", pl.col("user_key") == "u1") == 1
+    assert parquet_rows(tmp_path, "user_daily", "count(*)") == [(0,)]
+    with TableStore(tmp_path):  # a restart leaves the empty-table file alone
+        assert [p.name for p in (tmp_path / "parquet" / "user_daily").rglob("*.parquet")] == ["empty.parquet"]
 
 
 def test_write_rejects_wrong_columns_null_keys_and_unknown_tables(store: TableStore) -> None:
@@ -770,7 +800,7 @@ def test_snapshot_carries_what_is_not_durable_and_a_resumed_sink_commits_it(tmp_
     part.write_batch([frame("user_daily", [daily("u1", D1, 1)])])
     state = part.snapshot()
     assert [(name, f.height) for name, f in state["unsaved"]] == [("user_daily", 1)]
-    assert state["commits"] == 0 and not any((tmp_path / "parquet").rglob("*.parquet"))
+    assert state["commits"] == 0 and not data_files(tmp_path)
     part._committer.shutdown(wait=True)  # the process dies: no close(), nothing committed
     part._store.close()
     resumed = sink.build_part("out", "tables", pickle.loads(pickle.dumps(state)))
@@ -794,7 +824,7 @@ def test_snapshot_without_a_recovery_store_neither_carries_nor_waits(tmp_path: P
     part.write_batch([frame("user_daily", [daily("u1", D1, 1)])])
     state = part.snapshot()
     assert state == {"commits": 0, "committed_at": None}
-    assert not any((tmp_path / "parquet").rglob("*.parquet"))
+    assert not data_files(tmp_path)
     part.close()  # committed at close
     assert parquet_rows(tmp_path, "user_daily", "user_key, events") == [("u1", 1)]
 

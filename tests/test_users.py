@@ -124,8 +124,18 @@ def test_day_rules_anomalies_and_state_worked_by_hand() -> None:
     prev = [1200.0] * 10 + [0.0]
     expected = (0 - statistics.mean(prev)) / max(statistics.stdev(prev), 300)
     assert s["anomaly_engagement"] == pytest.approx(expected)
+    # anomaly scores are those of the last closed day (03-12); it has no score: no performance z
+    assert s["anomaly_performance"] is None
     assert s["total_completions"] == 20
     assert s["struggling"] is False
+
+
+def test_anomaly_performance_of_state_is_that_of_the_last_closed_day() -> None:
+    # the final watermark closes 03-10, a scored day: history 90 x 7, 40 (03-08), 40 (03-09)
+    out = run(TEN_DAYS_THEN_DECLINE, final_at="2026-03-10T12:00:00+00:00")
+    prev = [90.0] * 7 + [40.0, 40.0]
+    expected = (40 - statistics.mean(prev)) / max(statistics.stdev(prev), 5)  # = -1.92
+    assert state(out, "u1")["anomaly_performance"] == pytest.approx(expected)
 
 
 def test_inactive_weeks_count_as_zero_days() -> None:
@@ -211,9 +221,9 @@ def test_watermark_closes_days_incrementally_and_late_after_close() -> None:
         """
     )
     users.ingest(first, emitted_at_us=0)
-    # watermark at 03-02 00:59: day 03-01 ends 03-02 00:00, + 1 h lateness -> not yet closed
-    assert users.advance(to_us("2026-03-02T00:59:00+00:00"), final=False, emitted_at_us=0).user_daily.is_empty()
-    closed = users.advance(to_us("2026-03-02T01:00:00+00:00"), final=False, emitted_at_us=0)
+    # watermark at 03-02 01:00: day 03-01 ends 03-02 00:00, + 1 h lateness -> reached, not passed
+    assert users.advance(to_us("2026-03-02T01:00:00+00:00"), final=False, emitted_at_us=0).user_daily.is_empty()
+    closed = users.advance(to_us("2026-03-02T01:00:00+00:00") + 1, final=False, emitted_at_us=0)
     assert closed.user_daily["date"].to_list() == [date(2026, 3, 1)]
     # an event for the closed day 03-01 is late for this user
     again = users.ingest(events("| user | type | timestamp |\n| w | lesson_completed | 2026-03-01T23:00:00Z |", seq_start=1), emitted_at_us=0)

@@ -294,7 +294,7 @@ def test_sigterm_stops_a_live_multi_worker_run_cleanly(
     out = tmp_path / "out"
     try:
         # days close after 1 s without records (idle advance): user rows show the records were read
-        _wait_until(lambda: any((out / "parquet" / "user_daily").glob("**/*.parquet")) or proc.poll() is not None,
+        _wait_until(lambda: any((out / "parquet" / "user_daily").glob("date=*/*.parquet")) or proc.poll() is not None,
                     120, "user_daily rows")
         assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")[-3000:]
         proc.send_signal(signal.SIGTERM)
