@@ -87,6 +87,29 @@ class PartitionEnd(RawBatch):
 
 
 @dataclass
+class DecodedBatch(RawBatch):
+    """A batch the source already decoded (`decoded`, with `seq` counted from 0 in the batch):
+    the file source decodes one batch ahead on its own thread (`decode_ahead`)."""
+
+    decoded: DecodeResult | None = None
+
+
+def decode_ahead(cfg: FlowConfig) -> Callable[[RawBatch], RawBatch]:
+    """The file source's `prepare`: decode a batch as soon as it is read. A batch whose decoding
+    raises is passed on raw, and `ingest` decodes it with its line-by-line safety net."""
+    pseudonymizer = Pseudonymizer(cfg.secret)
+
+    def prepare(batch: RawBatch) -> RawBatch:
+        try:
+            decoded = decode_batch(batch, cfg.settings, pseudonymizer, now_us=now_us(), seq_start=0)
+        except Exception:  # noqa: BLE001 - ingest handles it (and logs it)
+            return batch
+        return DecodedBatch(batch.lines, batch.ref_prefix, batch.positions, batch.received_at_us, decoded)
+
+    return prepare
+
+
+@dataclass
 class CohortInput:
     user_daily: pl.DataFrame
     alerts: pl.DataFrame
@@ -237,7 +260,13 @@ class IngestLogic(StatefulLogic[RawBatch, Envelope, dict[str, Any]]):
 
         Should the batch decoder raise, the batch is decoded line by line and a line that still
         raises becomes a dead letter (`malformed_json`, the error in its detail) — logged loudly.
+        A batch the source decoded ahead only gets its `seq` numbers.
         """
+        if isinstance(value, DecodedBatch) and value.decoded is not None:
+            seq = pl.col("seq") + self.seq
+            return DecodeResult(
+                value.decoded.events.with_columns(seq), value.decoded.rejected.with_columns(seq)
+            )
         try:
             return decode_batch(
                 value, self.settings, self.pseudonymizer, now_us=emitted, seq_start=self.seq

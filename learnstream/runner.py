@@ -48,7 +48,7 @@ from bytewax.outputs import (
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 
-from flows.pipeline import FlowConfig, Publish, build_flow, now_us
+from flows.pipeline import FlowConfig, Publish, build_flow, decode_ahead, now_us
 from learnstream.config import Settings
 from sources.files import FileSource
 
@@ -99,7 +99,7 @@ def make_flow(spec: RunSpec) -> Dataflow:
         recovery=spec.recovers,
     )
     if spec.kafka is None:
-        return build_flow(FileSource(spec.paths, spec.settings.batch_size), cfg)
+        return build_flow(FileSource(spec.paths, spec.settings.batch_size, prepare=decode_ahead(cfg)), cfg)
     from sinks.kafka import KafkaTopicsSink
 
     kafka = spec.kafka

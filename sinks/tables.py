@@ -37,8 +37,9 @@ How a commit stays "one row per key" for readers and across crashes:
   `received_at`) is removed from its old partition before it is added to the new one, so a crash in
   between can lose the row until the replay rewrites it but never doubles it. For those append
   tables the store keeps a key -> partition index in memory (loaded from disk on first use).
-- Parquet is committed before DuckDB; DuckDB gets all tables in one transaction. A crash between
-  the two leaves DuckDB behind until the Bytewax replay upserts the same rows again.
+- Parquet and DuckDB are written at the same time (DuckDB on a second thread); DuckDB gets all
+  tables in one transaction. A crash in between can leave either one behind the other until the
+  Bytewax replay upserts the same rows again.
 
 Sharp edges: one writer per `out_dir` (enforced with an flock; a second TableStore raises). Commit
 cost grows with the size of the touched partitions, and for snapshot tables with the whole table
@@ -57,6 +58,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -292,6 +294,8 @@ class TableStore:
         #: append tables whose key lacks the partition column: key -> partition of each stored row
         self._index: dict[str, pl.DataFrame] = {}
         self._duck_checked: set[str] = set()
+        #: a commit writes DuckDB on this thread while it writes Parquet
+        self._duck_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-duckdb")
         self._closed = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
@@ -356,6 +360,7 @@ class TableStore:
             self.commit()
         finally:
             self._closed = True
+            self._duck_thread.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -373,6 +378,7 @@ class TableStore:
             self.close()
         else:  # do not commit half-built output on error; just release the lock
             self._closed = True
+            self._duck_thread.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -429,18 +435,27 @@ class TableStore:
             new[name] = merged.unique(subset=list(t.key), keep="last", maintain_order=True)
             stats.rows[name] = new[name].height
 
+        # snapshot tables: the whole new state, which both Parquet and DuckDB may need
+        states = {
+            name: self._merged_state(self.tables[name], frame)
+            for name, frame in new.items()
+            if self.tables[name].mode == "snapshot"
+        }
+        # DuckDB on its own thread while Parquet is written on this one: both are native code
+        # that releases the GIL (the final commit of the file benchmark: 0.6 s instead of 0.8 s)
+        duck = self._duck_thread.submit(self._duckdb_upsert, new, states)
         started = time.perf_counter()
-        for name, frame in new.items():
-            t = self.tables[name]
-            if t.mode == "snapshot":
-                self._commit_snapshot(t, frame, stats)
-            else:
-                self._commit_append(t, frame, stats)
-        stats.parquet_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        self._duckdb_upsert(new)
-        stats.duckdb_s = time.perf_counter() - started
+        try:
+            for name, frame in new.items():
+                t = self.tables[name]
+                if t.mode == "snapshot":
+                    self._apply_units([_Unit(t, t.name, states[name], partitioned=t.partition is not None)], stats)
+                    self._state[name] = states[name]
+                else:
+                    self._commit_append(t, frame, stats)
+            stats.parquet_s = time.perf_counter() - started
+        finally:
+            stats.duckdb_s = duck.result()  # waits (and re-raises) even when Parquet failed
         self._buffer.clear()
         return stats
 
@@ -524,13 +539,12 @@ class TableStore:
             self._state[t.name] = self.read(t.name).unique(subset=list(t.key), keep="last")
         return self._state[t.name]
 
-    def _commit_snapshot(self, t: Table, new: pl.DataFrame, stats: CommitStats) -> None:
+    def _merged_state(self, t: Table, new: pl.DataFrame) -> pl.DataFrame:
+        """The snapshot table's rows with `new` upserted (not stored until the commit is done)."""
         key = list(t.key)
         state = self._snapshot_state(t)
         merged = pl.concat([state.join(new.select(key), on=key, how="anti"), new], how="vertical")
-        merged = merged.sort(key)
-        self._apply_units([_Unit(t, t.name, merged, partitioned=t.partition is not None)], stats)
-        self._state[t.name] = merged
+        return merged.sort(key)
 
     # -- directory swaps ----------------------------------------------------------------------
 
@@ -636,8 +650,11 @@ class TableStore:
             )
         self._duck_checked.add(t.name)
 
-    def _duckdb_upsert(self, frames: Mapping[str, pl.DataFrame]) -> None:
-        """Upsert the committed rows of all tables in ONE transaction (creating missing tables).
+    def _duckdb_upsert(
+        self, frames: Mapping[str, pl.DataFrame], states: Mapping[str, pl.DataFrame]
+    ) -> float:
+        """Upsert the committed rows of all tables in ONE transaction (creating missing tables);
+        `states` are the snapshot tables' whole new states. Returns the seconds it took.
 
         Append tables: INSERT OR REPLACE. Snapshot tables: when at most 1/50 of the table changed,
         DELETE the changed keys + INSERT them; otherwise DROP + CREATE + INSERT the whole in-memory
@@ -650,8 +667,9 @@ class TableStore:
         by row (first commit of the file benchmark, 610k rows in 5 tables: 0.71 s instead of
         1.3 s with INSERT OR REPLACE).
         """
+        started = time.perf_counter()
         if not frames:
-            return
+            return 0.0
         con = connect_duckdb(self.db_path, timeout_s=self.lock_timeout_s)
         try:
             con.execute("BEGIN TRANSACTION")
@@ -678,11 +696,11 @@ class TableStore:
                         else:
                             con.execute(create_table_sql(t, primary_key=False))
                             created = True
-                    elif name in existing and frame.height * 50 <= self._state[name].height:
+                    elif name in existing and frame.height * 50 <= states[name].height:
                         self._check_duck_columns(con, t)
                         incremental = True
                     else:
-                        rows = self._state[name]
+                        rows = states[name]
                         con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
                         con.execute(create_table_sql(t, primary_key=False))
                         created = True
@@ -704,6 +722,7 @@ class TableStore:
                 raise
         finally:
             con.close()
+        return time.perf_counter() - started
 
     # -- reading and erasure ------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ continues exactly where the last snapshot was taken.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,16 +133,39 @@ def _lines(chunk: bytes, at_eof: bool) -> _Lines:
     return _Lines(starts, ends, blank)
 
 
+#: work done on a batch as soon as it is read, one batch ahead of the dataflow (e.g. decoding)
+Prepare = Callable[[RawBatch], RawBatch]
+
+
 class _FilePartition(StatefulSourcePartition[RawBatch, FilePosition]):
-    def __init__(self, reader: FileReader) -> None:
+    """Emits the reader's batches. With `prepare`, a background thread reads and prepares the
+    next batch while the dataflow works on the current one (both are mostly native code that
+    releases the GIL, so they overlap on two cores); the snapshot is the position after the last
+    batch *emitted*, so a prepared batch that was never emitted is read again after a restart."""
+
+    def __init__(self, reader: FileReader, prepare: Prepare | None = None) -> None:
         self.reader = reader
+        self.prepare = prepare
+        self.position = reader.position
         self.announced = False
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-read") if prepare else None
+        )
+        self._ahead: Future[tuple[RawBatch | None, FilePosition]] | None = None
+
+    def _read(self) -> tuple[RawBatch | None, FilePosition]:
+        batch = self.reader.next_batch()
+        if batch is not None and self.prepare is not None:
+            batch = self.prepare(batch)
+        return batch, self.reader.position
 
     def next_batch(self) -> list[RawBatch]:
         if not self.announced:
             # an empty first batch announces the partition, so that a run over files without a
             # single record still has its accounting (a pipeline_runs row with zeros)
             self.announced = True
+            if self._pool is not None:  # the first batch is read while the announcement travels
+                self._ahead = self._pool.submit(self._read)
             return [
                 RawBatch(
                     lines=[],
@@ -150,21 +174,35 @@ class _FilePartition(StatefulSourcePartition[RawBatch, FilePosition]):
                     received_at_us=time.time_ns() // 1000,
                 )
             ]
-        batch = self.reader.next_batch()
+        if self._pool is None:
+            batch, position = self._read()
+        else:
+            ahead = self._ahead or self._pool.submit(self._read)
+            batch, position = ahead.result()
+            self._ahead = self._pool.submit(self._read) if batch is not None else None
         if batch is None:
             raise StopIteration()
+        self.position = position
         return [batch]
 
     def snapshot(self) -> FilePosition:
-        return self.reader.position
+        return self.position
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class FileSource(FixedPartitionedSource[RawBatch, FilePosition]):
-    """One partition over all paths, yielding `RawBatch` items."""
+    """One partition over all paths, yielding `RawBatch` items (`prepare`d one batch ahead on a
+    background thread when given)."""
 
-    def __init__(self, paths: Sequence[str | Path], batch_size: int) -> None:
+    def __init__(
+        self, paths: Sequence[str | Path], batch_size: int, prepare: Prepare | None = None
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size
+        self.prepare = prepare
 
     def list_parts(self) -> list[str]:
         return [PARTITION]
@@ -172,4 +210,5 @@ class FileSource(FixedPartitionedSource[RawBatch, FilePosition]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: FilePosition | None
     ) -> _FilePartition:
-        return _FilePartition(FileReader(self.paths, self.batch_size, resume_state or FilePosition()))
+        reader = FileReader(self.paths, self.batch_size, resume_state or FilePosition())
+        return _FilePartition(reader, self.prepare)
