@@ -46,7 +46,7 @@ SECRET = "recovery-test-secret"
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
     "LEARNSTREAM_PSEUDONYM_KEY": SECRET,
-    "LEARNSTREAM_BATCH_SIZE": "1000",
+    "LEARNSTREAM_BATCH_SIZE": "250",
     "LEARNSTREAM_SNAPSHOT_INTERVAL": "1s",
 }
 SEED = 20261127
