@@ -64,7 +64,8 @@ def known_variables() -> frozenset[str]:
     return frozenset(RUN_VARIABLES) | fields
 
 
-def _check_unknown(environ: dict[str, str]) -> None:
+def check_unknown(environ: dict[str, str]) -> None:
+    """Raise ConfigError naming the first `LEARNSTREAM_*` variable no part of learnstream reads."""
     known = known_variables()
     unknown = sorted(k for k in environ if k.upper().startswith(_PREFIX) and k.upper() not in known)
     if unknown:
@@ -100,7 +101,7 @@ def _build(kind: str) -> Dataflow:
     from learnstream.cli import UsageError, _kafka_config
     from learnstream.runner import ErrorReport, KafkaSpec, RunSpec, guard_flow, make_flow
 
-    _check_unknown(dict(os.environ))
+    check_unknown(dict(os.environ))
     settings = load_settings(os.environ.get("LEARNSTREAM_CONFIG"))
     secret = settings.key_bytes()
     out = Path(_need("LEARNSTREAM_OUT"))

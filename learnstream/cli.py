@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(config: Path | None) -> Settings:
+    """Settings of `--config` and the environment; an unknown `LEARNSTREAM_*` variable (a typo
+    such as LEARNSTREAM_BATCHSIZE) is an error, as under `python -m bytewax.run`."""
+    from flows.environment import check_unknown
+
+    check_unknown(dict(os.environ))
     return load_settings(config)
 
 

@@ -145,6 +145,10 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     config.write_text('{"allowed_latenes": "1h"}')
     assert main(["run", "--source", f"file:{events}", "--out", str(tmp_path), "--config", str(config)]) == 2
     assert "allowed_latenes" in capsys.readouterr().err
+    monkeypatch.setenv("LEARNSTREAM_BATCHSIZE", "10")  # a typo of LEARNSTREAM_BATCH_SIZE
+    assert main(["run", "--source", f"file:{events}", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "LEARNSTREAM_BATCHSIZE" in err and "\n" not in err
 
 
 def test_a_decoder_failure_becomes_a_dead_letter_not_a_stopped_flow(
