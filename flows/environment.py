@@ -13,6 +13,7 @@
 | `LEARNSTREAM_RUN_ID` | the `pipeline_runs` key; default: a fresh id per process |
 | `LEARNSTREAM_EVENTS_TOPIC`, `..._ALERTS_TOPIC`, `..._METRICS_TOPIC`, `..._DLQ_TOPIC` | topics |
 | `LEARNSTREAM_KAFKA_CONFIG` | librdkafka settings file, like `--kafka-config` |
+| `LEARNSTREAM_LOG_LEVEL` | `DEBUG`, `INFO` (default, with `learnstream`), `WARNING` or `ERROR` |
 | `LEARNSTREAM_<SETTING>` | any threshold of `learnstream.config.Settings` |
 
 Any other `LEARNSTREAM_*` variable is an error (a typo would otherwise be ignored silently).
@@ -53,6 +54,7 @@ RUN_VARIABLES = (
     "LEARNSTREAM_METRICS_TOPIC",
     "LEARNSTREAM_DLQ_TOPIC",
     "LEARNSTREAM_KAFKA_CONFIG",
+    "LEARNSTREAM_LOG_LEVEL",
 )
 _PREFIX = "LEARNSTREAM_"
 

@@ -512,9 +512,23 @@ def dev_key() -> str:
     return secrets.token_hex(32)
 
 
+_LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+def _configure_logging() -> None:
+    """Log at `LEARNSTREAM_LOG_LEVEL` (default INFO; DEBUG adds e.g. every table commit)."""
+    import structlog
+
+    name = os.environ.get("LEARNSTREAM_LOG_LEVEL", "INFO").upper()
+    if name not in _LOG_LEVELS:
+        raise ConfigError(f"bad LEARNSTREAM_LOG_LEVEL={name!r}: use one of {', '.join(_LOG_LEVELS)}")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_LOG_LEVELS[name]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
+        _configure_logging()
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError) as exc:
