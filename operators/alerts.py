@@ -39,12 +39,12 @@ FIXED_SEVERITY = {
     "stagnation": "low",
     "low_consistency": "low",
     "streak_broken": "low",
+    # SPEC §6 gives it "medium" alone: "the same rule as anomalies" is the firing rule (z <= -3)
+    "cohort_engagement_drop": "medium",
 }
-#: SPEC §6: anomaly_* and cohort_engagement_drop are medium, high at |z| ≥ this
+#: SPEC §6: anomaly_* are medium, high at |z| ≥ this
 HIGH_SEVERITY_ABS_Z = 4.0
-Z_RULES = frozenset(
-    {"anomaly_velocity", "anomaly_engagement", "anomaly_performance", "cohort_engagement_drop"}
-)
+Z_RULES = frozenset({"anomaly_velocity", "anomaly_engagement", "anomaly_performance"})
 RULES = frozenset(FIXED_SEVERITY) | Z_RULES
 
 FIRED_COLUMNS = (
@@ -72,7 +72,7 @@ def alert_id(rule: str, subject: str, trigger: str) -> str:
 
 
 def severity(rule: str, evidence: Evidence) -> str:
-    """SPEC §6 severity; anomaly and cohort rules read |evidence["z"]|."""
+    """SPEC §6 severity; the anomaly rules read |evidence["z"]|."""
     if rule in FIXED_SEVERITY:
         return FIXED_SEVERITY[rule]
     if rule in Z_RULES:
@@ -216,9 +216,12 @@ def _low_performance(ev: Evidence, row: dict[str, Any]) -> Text:
     skill = ev.get("skill")
     threshold = _num(ev.get("threshold", 60))
     where = f" in {skill}" if skill else ""
+    # the rule is per user: the two assessments may be of different skills; the skill named
+    # (in the title and the recommendations too) is that of the latest one, which fired it
+    latest = f"; the latest was in {skill}" if skill else ""
     message = (
-        f"The last 2 assessments{where} scored {_num(prev)} and {_num(cur)}, "
-        f"both below {threshold}."
+        f"The last 2 assessments scored {_num(prev)} and {_num(cur)}, "
+        f"both below {threshold}{latest}."
     )
     if skill:
         recs = [
@@ -821,15 +824,18 @@ def _low_performance_x(c: _Call, ev: _Evidence) -> Texts:
     second = np.where(
         lengths > 1, values[np.minimum(starts + 1, last)] if len(values) else 0, np.nan
     )
+    latest = [
+        np.where(has_skill, c.lit("; the latest was in "), _EMPTY),
+        np.where(has_skill, skill_text[np.maximum(which, 0)] if len(names) else 0, _EMPTY),
+    ]
     message: list[Piece] = [
-        c.lit("The last 2 assessments"),
-        *where,
-        c.lit(" scored "),
+        c.lit("The last 2 assessments scored "),
         c.num(first),
         c.lit(" and "),
         c.num(second),
         c.lit(", both below "),
         c.num(ev.num("threshold", 60.0)),
+        *latest,
         c.lit("."),
     ]
     rec: int | np.ndarray = _REC_ID[_LOW_PERF_RECS_NO_SKILL]

@@ -227,7 +227,10 @@ class _Arrays:
         for name in self.BOOL:
             extend(name, np.bool_, False)
         for name in self.RINGS:
-            extend(name, np.float64 if name == "ring_score" else np.float32, 0.0, RING)
+            # daily completions are small integers (int16, saturating at 32767 a day: 56 bytes
+            # per user instead of 112); time and scores are float64 so that the metrics built on
+            # them are exact (float32 made e.g. velocity_7d 1.28571427 instead of 9/7)
+            extend(name, np.int16 if name == "ring_completions" else np.float64, 0, RING)
         extend("rule_t", np.int64, NO_TIME, STRUGGLING_LAST_N)
         extend("rule_score", np.float64, np.nan, STRUGGLING_LAST_N)
         self.capacity = capacity
@@ -749,7 +752,7 @@ class UserAnalytics:
                         floor,
                         metric,
                     )
-                    ring[s, ds % RING] = x
+                    ring[s, ds % RING] = np.minimum(x, np.iinfo(np.int16).max) if ring.dtype == np.int16 else x
                 # velocity and consistency over the trailing 7 closed days, this one included
                 seven = (age_incl := (ds[:, None] - ages[None, :7]) % RING)
                 span = np.minimum(7, ds - a.first_active[s].astype(np.int64) + 1)
@@ -1161,6 +1164,7 @@ def _zscores(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z = (x - mean) / max(sample std, floor) over the valid ring entries; NaN below 7 values."""
     h = hist.astype(np.float64)
+    ring = ring.astype(np.float64, copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (ring * valid).sum(axis=1) / h
         var = (((ring - mean[:, None]) ** 2) * valid).sum(axis=1) / (h - 1)

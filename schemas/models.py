@@ -81,10 +81,11 @@ REASON_PATTERN = (
     + "|".join(r for r in REJECTION_REASONS if r not in ("missing_field", "invalid_field"))
     + "|(?:missing_field|invalid_field):.+)$"
 )
-#: RFC 3339 date-time; the offset (`Z` or `±hh:mm`) is required
-RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
+#: RFC 3339 date-time; the offset (`Z` or `±hh:mm`) is required. A space may stand for the `T`
+#: (RFC 3339 §5.6 allows it; decode accepts it too)
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$"
 _RFC3339_ANY_OFFSET = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
 )
 
 

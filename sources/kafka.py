@@ -12,8 +12,9 @@ Differences from Bytewax's source, and why:
   their offsets as an int64 array), not one Python object per message, so that decoding
   downstream is columnar. The loop over messages here is the one unavoidable per-message step of
   confluent-kafka; it only copies the value and the offset.
-- Messages whose value is None (tombstones) are skipped (counted in `stats.null_values`); the
-  offset still moves past them.
+- A message whose value is None (a tombstone) is a record like any other, with an empty value:
+  it is counted (`records_in`, and `stats.null_values`) and becomes a `malformed_json` dead letter,
+  so that nothing read is silently lost (SPEC §2).
 - Consumer errors are counted and logged; only fatal or authorisation/authentication errors stop
   the flow (transport errors while a broker restarts are retried by librdkafka).
 - When nothing arrived, `next_awake` puts the partition to sleep (2 ms for ten polls, then
@@ -152,9 +153,9 @@ class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, int]):
             value = msg.value()
             if value is None:
                 nulls += 1
-            else:
-                lines.append(value)
-                offsets.append(last)
+                value = b""  # not JSON: a dead letter (malformed_json), counted in records_in
+            lines.append(value)
+            offsets.append(last)
         if last >= 0:
             self._offset = last + 1
         self._stats.null_values += nulls

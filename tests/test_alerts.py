@@ -101,7 +101,7 @@ def test_alert_id_is_sha256_prefix() -> None:
         ("anomaly_performance", -3.0, "medium"),
         ("anomaly_performance", -4.2, "high"),
         ("cohort_engagement_drop", -3.9, "medium"),
-        ("cohort_engagement_drop", -4.0, "high"),
+        ("cohort_engagement_drop", -6.4, "medium"),  # SPEC §6: medium, whatever the z
     ],
 )
 def test_severity(rule: str, z: float | None, expected: str) -> None:
@@ -159,7 +159,7 @@ def test_low_performance_names_the_skill() -> None:
         trigger="evt-9",
     )
     assert a["severity"] == "medium"
-    assert a["message"] == "The last 2 assessments in fractions scored 48 and 51.3, both below 60."
+    assert a["message"] == "The last 2 assessments scored 48 and 51.3, both below 60; the latest was in fractions."
     assert "fractions" in a["title"]
     assert any("fractions" in r for r in a["recommendations"])
 
@@ -544,12 +544,11 @@ _REF_FIXED_SEVERITY = {
     "stagnation": "low",
     "low_consistency": "low",
     "streak_broken": "low",
+    "cohort_engagement_drop": "medium",
 }
-#: SPEC §6: anomaly_* and cohort_engagement_drop are medium, high at |z| ≥ this
+#: SPEC §6: anomaly_* are medium, high at |z| ≥ this
 _REF_HIGH_SEVERITY_ABS_Z = 4.0
-_REF_Z_RULES = frozenset(
-    {"anomaly_velocity", "anomaly_engagement", "anomaly_performance", "cohort_engagement_drop"}
-)
+_REF_Z_RULES = frozenset({"anomaly_velocity", "anomaly_engagement", "anomaly_performance"})
 _REF_RULES = frozenset(_REF_FIXED_SEVERITY) | _REF_Z_RULES
 
 _REF_FIRED_COLUMNS = (
@@ -639,9 +638,10 @@ def _ref_low_performance(ev: Evidence, row: dict[str, Any]) -> Text:
     skill = ev.get("skill")
     threshold = _ref_num(ev.get("threshold", 60))
     where = f" in {skill}" if skill else ""
+    latest = f"; the latest was in {skill}" if skill else ""
     message = (
-        f"The last 2 assessments{where} scored {_ref_num(prev)} and {_ref_num(cur)}, "
-        f"both below {threshold}."
+        f"The last 2 assessments scored {_ref_num(prev)} and {_ref_num(cur)}, "
+        f"both below {threshold}{latest}."
     )
     if skill:
         recs = [

@@ -311,8 +311,8 @@ def test_drop_fires_with_hand_worked_z() -> None:
 
 
 def test_fired_frame_passes_through_build_alerts() -> None:
-    # the series of test_drop_fires_with_hand_worked_z: z = -4 on day 8 -> |z| >= 4 -> high;
-    # and test_normal_day_rearms' second alert: z = -3.75 -> medium.
+    # the series of test_drop_fires_with_hand_worked_z: z = -4 on day 8; and test_normal_day_rearms'
+    # second alert: z = -3.75. SPEC §6 gives cohort_engagement_drop "medium" whatever the z.
     counts: Sequence[int | None] = [0, 10, 10, 11, 9, 10, 10, 10, 6, 10, 10]
     out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(11))
     built = build_alerts(out.cohort_alerts, emitted_at_us=EMITTED_US)
@@ -322,7 +322,7 @@ def test_fired_frame_passes_through_build_alerts() -> None:
     expected_id = hashlib.sha256(b"cohort_engagement_drop|c1|2024-03-12").hexdigest()[:32]
     assert (row["alert_id"], row["severity"], row["user_key"], row["cohort_id"]) == (
         expected_id,
-        "high",
+        "medium",
         None,
         "c1",
     )
@@ -336,7 +336,7 @@ def test_fired_frame_passes_through_build_alerts() -> None:
     counts = [10] * 14 + [0, 10, 0]
     out = run_days(CohortAggregator(), series_rows("c1", "o1", counts), range(17))
     built = build_alerts(out.cohort_alerts, emitted_at_us=EMITTED_US)
-    assert built.select("date", "severity").rows() == [(day(14), "high"), (day(16), "medium")]
+    assert built.select("date", "severity").rows() == [(day(14), "medium"), (day(16), "medium")]
 
     # built alerts fed back into add() are not counted twice
     agg = CohortAggregator()

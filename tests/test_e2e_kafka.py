@@ -434,3 +434,32 @@ def test_demo_says_so_in_one_line_when_no_broker_can_start(
     show_live_alerts(tmp_path / "unused.jsonl", load_settings(), b"demo-secret")
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("live: skipped, no local Kafka broker could start ("), out
+
+
+def test_a_tombstone_is_counted_and_dead_lettered(broker: LocalBroker, read_topic: ReadTopic, tmp_path: Path) -> None:
+    # SPEC §2: every record read ends as exactly one of accepted/rejected/duplicate/late; a
+    # message with a null value (tombstone) is no event: a dead letter, not a silent skip.
+    topic = f"e2e.tombstone.{uuid.uuid4().hex[:8]}"
+    broker.create_topics([topic], partitions=1)
+    good = json.dumps({"event_id": "t1", "user_id": "u1", "type": "lesson_completed",
+                       "timestamp": "2026-03-01T10:00:00Z"}).encode()
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for value in (good, None, good.replace(b"t1", b"t2")):
+        producer.produce(topic, value, b"u1", partition=0)
+    assert producer.flush(30) == 0
+    topics = new_topics(broker, topic, "tomb")
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+        assert main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
+                     "--out", str(out), *topics.args()]) == 0
+    run = read_table(out, "pipeline_runs").row(0, named=True)
+    assert (run["records_in"], run["accepted"], run["rejected"]) == (3, 2, 1)
+    rejected = read_table(out, "rejected_events").row(0, named=True)
+    assert (rejected["source_ref"], rejected["reason"], rejected["payload"]) == (
+        f"kafka:{topic}/0/1", "malformed_json", ""
+    )
+    messages = json_values(read_topic(broker.bootstrap, topics.dlq))
+    assert [(key, m["source_ref"], m["reason"]) for key, m in messages] == [
+        (f"kafka:{topic}/0/1".encode(), f"kafka:{topic}/0/1", "malformed_json")
+    ]
