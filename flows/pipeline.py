@@ -767,6 +767,8 @@ def build_flow(
             cfg.out_dir,
             commit_interval=cfg.settings.commit_interval,
             drain_on_snapshot=cfg.recovery,
+            # a finite run has cores to spare at its end; a live worker needs them for latency
+            concurrent_duckdb=not cfg.live,
         ),
     )
     if topics_sink is not None:

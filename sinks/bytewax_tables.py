@@ -227,6 +227,7 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
         lock_timeout_s: float = 60.0,
         drain_on_snapshot: bool = True,
         carry_rows: int = 100_000,
+        concurrent_duckdb: bool = False,
     ) -> None:
         if commit_interval < timedelta(0):
             raise ValueError(f"commit_interval must not be negative, got {commit_interval}")
@@ -236,6 +237,7 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
         self.lock_timeout_s = lock_timeout_s
         self.drain_on_snapshot = drain_on_snapshot
         self.carry_rows = carry_rows
+        self.concurrent_duckdb = concurrent_duckdb
         self._signatures = _signatures(self.tables)
 
     def list_parts(self) -> list[str]:
@@ -249,7 +251,12 @@ class TablesSink(FixedPartitionedSink[TableValue, ResumeState]):
     ) -> _TablesPartition:
         """Open the store (which cleans up after a crash). Nothing needs rolling back: rows
         committed after the snapshot are overwritten by the replay's upserts."""
-        store = TableStore(self.out_dir, self.tables, lock_timeout_s=self.lock_timeout_s)
+        store = TableStore(
+            self.out_dir,
+            self.tables,
+            lock_timeout_s=self.lock_timeout_s,
+            concurrent_duckdb=self.concurrent_duckdb,
+        )
         return _TablesPartition(
             store,
             self.commit_interval,

@@ -37,9 +37,9 @@ How a commit stays "one row per key" for readers and across crashes:
   `received_at`) is removed from its old partition before it is added to the new one, so a crash in
   between can lose the row until the replay rewrites it but never doubles it. For those append
   tables the store keeps a key -> partition index in memory (loaded from disk on first use).
-- Parquet and DuckDB are written at the same time (DuckDB on a second thread); DuckDB gets all
-  tables in one transaction. A crash in between can leave either one behind the other until the
-  Bytewax replay upserts the same rows again.
+- Parquet is written before DuckDB, or at the same time (`concurrent_duckdb`, DuckDB on a second
+  thread); DuckDB gets all tables in one transaction. A crash in between can leave either one
+  behind the other until the Bytewax replay upserts the same rows again.
 
 Sharp edges: one writer per `out_dir` (enforced with an flock; a second TableStore raises). Commit
 cost grows with the size of the touched partitions, and for snapshot tables with the whole table
@@ -58,7 +58,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -280,6 +280,7 @@ class TableStore:
         *,
         lock_timeout_s: float = 60.0,
         compression: str = "zstd",
+        concurrent_duckdb: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.parquet_dir = self.out_dir / PARQUET_DIR
@@ -294,8 +295,12 @@ class TableStore:
         #: append tables whose key lacks the partition column: key -> partition of each stored row
         self._index: dict[str, pl.DataFrame] = {}
         self._duck_checked: set[str] = set()
-        #: a commit writes DuckDB on this thread while it writes Parquet
+        #: with `concurrent_duckdb`, a commit writes DuckDB on this thread while it writes Parquet:
+        #: faster when the machine has a core to spare (the end of a file run), slower for a
+        #: live worker sharing the cores (20k events/s on 2 cores: alert p99 ~300 ms instead of
+        #: ~245 ms), so live runs commit one after the other
         self._duck_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-duckdb")
+        self._concurrent_duckdb = concurrent_duckdb
         self._closed = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
@@ -441,9 +446,12 @@ class TableStore:
             for name, frame in new.items()
             if self.tables[name].mode == "snapshot"
         }
-        # DuckDB on its own thread while Parquet is written on this one: both are native code
-        # that releases the GIL (the final commit of the file benchmark: 0.6 s instead of 0.8 s)
-        duck = self._duck_thread.submit(self._duckdb_upsert, new, states)
+        # DuckDB on its own thread while Parquet is written on this one (`concurrent_duckdb`):
+        # both are native code that releases the GIL (the final commit of the file benchmark:
+        # 0.6 s instead of 0.8 s); else DuckDB after Parquet
+        duck: Future[float] | None = None
+        if self._concurrent_duckdb:
+            duck = self._duck_thread.submit(self._duckdb_upsert, new, states)
         started = time.perf_counter()
         try:
             for name, frame in new.items():
@@ -455,7 +463,10 @@ class TableStore:
                     self._commit_append(t, frame, stats)
             stats.parquet_s = time.perf_counter() - started
         finally:
-            stats.duckdb_s = duck.result()  # waits (and re-raises) even when Parquet failed
+            if duck is not None:
+                stats.duckdb_s = duck.result()  # waits (and re-raises) even when Parquet failed
+        if duck is None:
+            stats.duckdb_s = self._duckdb_upsert(new, states)
         self._buffer.clear()
         return stats
 

@@ -71,9 +71,9 @@ def data_files(out: Path) -> list[Path]:
     return [p for p in (out / "parquet").rglob("*.parquet") if p.name != tables_mod.EMPTY_FILE]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[TableStore]:
-    s = TableStore(tmp_path / "out")
+@pytest.fixture(params=[False, True], ids=["duckdb-after-parquet", "duckdb-concurrent"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TableStore]:
+    s = TableStore(tmp_path / "out", concurrent_duckdb=request.param)
     yield s
     s.close()
 
