@@ -353,6 +353,52 @@ class UserAnalytics:
         out.extend(self.ingest(events.filter(pl.col("seq") >= seq), emitted_at_us=emitted_at_us))
         return out
 
+    def _late_after_zone_change(self, events: pl.DataFrame) -> pl.Series | None:
+        """Per event (in `seq` order, with `slot`): whether the user's series had already closed
+        its day, in the zone the user had just before it, at the watermark when it arrived; None
+        when no event needs the test.
+
+        This is what cutting the batch right before the event would have closed, so the outcome
+        does not depend on batch boundaries. Only an event that changes its user's zone needs it:
+        in an unchanged zone it is admission's own-zone lateness test, already applied. A user
+        seen for the first time has no series yet."""
+        if "watermark_us" not in events.columns:
+            return None
+        slots = events["slot"].to_numpy()
+        known = self.a.first_seen_us[slots] != 0
+        if known.any():
+            stored = pl.Series(self.zones, dtype=pl.String).gather(self.a.zone[slots])
+            stored = stored.set(pl.Series(~known), None)  # type: ignore[arg-type]
+        else:
+            stored = pl.Series([None] * len(slots), dtype=pl.String)
+        frame = events.select(
+            "date",
+            "timezone",
+            "watermark_us",
+            previous=pl.when(pl.col("slot").is_first_distinct())
+            .then(pl.lit(stored))
+            .otherwise(pl.col("timezone").shift(1).over("slot")),
+        ).with_row_index("row")
+        changed = frame.filter(
+            pl.col("previous").is_not_null()
+            & (pl.col("previous") != pl.col("timezone"))
+            & pl.col("watermark_us").is_not_null()
+        )
+        if changed.is_empty():
+            return None
+        late = np.zeros(len(events), dtype=bool)
+        # the last day closed in zone Z at watermark W is the day before the local date of
+        # W - allowed_lateness - 1 us (a day closes once the watermark *passes* its end + lateness)
+        for (zone,), group in changed.partition_by("previous", as_dict=True).items():
+            closing = (
+                pl.from_epoch(group["watermark_us"] - self.lateness_us - 1, time_unit="us")
+                .dt.replace_time_zone("UTC")
+                .dt.convert_time_zone(str(zone))
+                .dt.date()
+            )
+            late[group["row"].to_numpy()] = (group["date"] < closing).to_numpy()
+        return pl.Series(late)
+
     def _first_return_after_ttl(self, events: pl.DataFrame) -> tuple[int, int] | None:
         """(seq, watermark) of the first event whose user was idle for state_ttl when it arrived."""
         marks = events["watermark_us"]
@@ -391,6 +437,7 @@ class UserAnalytics:
         keyed = self._assign_slots(events["user_key"])
         events = events.join(keyed, on="user_key", how="left", maintain_order="left")
         a = self.a
+        zone_change_late = self._late_after_zone_change(events)
 
         # per-user facts of this batch (the last zone and non-null cohort/org seen win)
         per_user = events.group_by("slot").agg(
@@ -419,6 +466,8 @@ class UserAnalytics:
         # events for a day this user has already closed (e.g. after a zone change) are late
         closed = pl.Series(a.last_closed[events["slot"].to_numpy()]).cast(pl.Int32)
         late_mask = events["date"].cast(pl.Int32) <= closed
+        if zone_change_late is not None:
+            late_mask = late_mask | zone_change_late
         if late_mask.any():
             out.late = events.filter(late_mask).select(_late_columns(events))
             events = events.filter(~late_mask)

@@ -292,6 +292,36 @@ def test_returning_after_state_ttl_is_decided_per_event_not_per_batch() -> None:
     assert results == [(1, 1, 1), (1, 1, 1)]
 
 
+def test_late_after_a_zone_change_does_not_depend_on_batches() -> None:
+    # u1 is in Auckland (UTC+13): 03-01T21:00Z is local 03-02. u2 moves the watermark to 11:55Z.
+    # u1's next event is in Pago Pago (UTC-11): 03-02T07:00Z is local 03-01, a day that ends
+    # 03-02T11:00Z there (+1 h lateness: open at 11:55Z, so admission accepts it). But u1's series
+    # is in Auckland until this event: 11:55Z - 1 h = 10:55Z is 23:55 on 03-02 in Auckland, so the
+    # series has closed 03-01 and the event is late for the user, in one batch as in two (a cut
+    # right before it would have closed 03-01 first).
+    table = """
+        | user | type             | timestamp            | zone              |
+        | u1   | lesson_completed | 2026-03-01T21:00:00Z | Pacific/Auckland  |
+        | u2   | lesson_completed | 2026-03-02T12:00:00Z | UTC               |
+        | u1   | lesson_completed | 2026-03-02T07:00:00Z | Pacific/Pago_Pago |
+        """
+    from operators.ingest import Admission
+
+    results = []
+    for split in ([0, 3], [0, 2, 3], [0, 1, 2, 3]):
+        admission, users = Admission(Settings()), UserAnalytics(Settings())
+        frame = events(table)
+        accepted = late = 0
+        for lo, hi in zip(split, split[1:], strict=False):
+            admitted = admission.admit(frame.slice(lo, hi - lo))
+            assert admitted.late.is_empty()  # open in the event's own zone
+            got = users.ingest(admitted.accepted, emitted_at_us=0)
+            accepted, late = accepted + got.accepted, late + len(got.late)
+            users.advance(admitted.watermark_us, final=False, emitted_at_us=0, evaluate=False)
+        results.append((accepted, late))
+    assert results == [(2, 1), (2, 1), (2, 1)]
+
+
 def test_end_of_input_closes_a_day_that_lies_ahead_in_the_users_last_zone() -> None:
     # The first event is in Seoul (UTC+9): 2026-03-01T20:00Z is local 03-02. The user then moves
     # to UTC; the newest event time 03-01T21:00Z is local 03-01 there. The end of the input closes
