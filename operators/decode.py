@@ -8,8 +8,9 @@ on bad input. It is pure: no I/O, no clock (the caller passes `now_us`), no engi
 How (so that no Python code runs per event on clean input):
 
 1. The batch becomes a polars Binary column; size and UTF-8 validity are checked on the column.
-2. Fast path: the lines that can safely go to the Arrow JSON reader are joined with newlines and
-   parsed at once by `pyarrow.json.read_json` with an explicit schema (unexpected fields ignored).
+2. Fast path: the lines that can safely go to the Arrow JSON reader are joined with newlines (or
+   sliced zero-copy from the file reader's buffer) and parsed at once by `pyarrow.json.read_json`
+   with an explicit schema (unexpected fields ignored), in blocks on Arrow's threads.
    That reader is strict about JSON types (a number where a string is declared is an error, not a
    coercion), which is what makes it usable here. When a read fails (a bad line), the parser's
    "in row N" hint moves that line to the slow path and the rest is read again (zero-copy);

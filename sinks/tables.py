@@ -259,8 +259,8 @@ class _Unit:
 class TableStore:
     """Writes table rows to <out>/parquet/<table>/date=YYYY-MM-DD/*.parquet and <out>/learnstream.duckdb.
 
-    `write` only buffers; `commit` makes everything buffered durable (Parquet first, then one DuckDB
-    transaction) and returns when both are done. Upsert by key everywhere: a later row for the same
+    `write` only buffers; `commit` makes everything buffered durable (Parquet, and one DuckDB
+    transaction after it or, with `concurrent_duckdb`, beside it) and returns when both are done. Upsert by key everywhere: a later row for the same
     key replaces the earlier one. If `commit` raises, the buffer is kept and the next `commit`
     redoes all of it (every step is an idempotent upsert).
 
@@ -428,7 +428,7 @@ class TableStore:
         return sum(f.height for frames in self._buffer.values() for f in frames)
 
     def commit(self) -> CommitStats:
-        """Make everything buffered durable: Parquet (atomic per directory), then DuckDB (one
+        """Make everything buffered durable: Parquet (atomic per directory) and DuckDB (one
         transaction for all tables). A no-op without buffered rows."""
         stats = CommitStats()
         if not self._buffer:

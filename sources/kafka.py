@@ -73,9 +73,9 @@ class KafkaSourceStats:
     """What the partitions built in this process read (for the run summary)."""
 
     messages: int = 0
-    """Messages emitted in batches (non-null values)."""
+    """Messages emitted in batches (null values included, as empty records)."""
     null_values: int = 0
-    """Messages skipped because their value was None."""
+    """Messages whose value was None (emitted as empty records: dead letters downstream)."""
     errors: int = 0
     """Consumer error events (not counting end-of-partition)."""
     batches: int = 0
