@@ -48,7 +48,7 @@ from bytewax.outputs import Sink
 from learnstream.config import Settings
 from operators.cohorts import CohortAggregator
 from operators.decode import DecodeResult, RawBatch, decode_batch
-from operators.ingest import Admission
+from operators.ingest import Admission, EventIds
 from operators.pseudonymize import Pseudonymizer
 from operators.users import UserAnalytics, UserOutput
 from schemas.events import EVENT_BATCH_SCHEMA, REJECTED_BATCH_SCHEMA
@@ -358,6 +358,16 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         self.users = (
             UserAnalytics.restore(resume["users"]) if resume is not None else UserAnalytics(cfg.settings)
         )
+        #: several source partitions (Kafka): each partition's admission de-duplicates only its
+        #: own records, so a record re-sent through another partition (under another key) is
+        #: caught here, where all of a user's events meet (SPEC §2 knows no partitions)
+        self.event_ids: EventIds | None = None
+        self.newest_us: int | None = None
+        if len(cfg.sources) > 1:
+            self.event_ids = EventIds(_us(cfg.settings.dedup_horizon), forget=cfg.live)
+            if resume is not None and "event_ids" in resume:
+                self.event_ids.restore(resume["event_ids"])
+                self.newest_us = resume.get("newest_us")
         #: per source partition: its watermark (None until it has one)
         self.watermarks: dict[str, int | None] = dict.fromkeys(cfg.sources)
         #: source partitions whose finite input has ended
@@ -411,6 +421,9 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         emitted = now_us()
         frames = [v.events for v in group if len(v.events)]
         events = frames[0] if len(frames) == 1 else (pl.concat(frames) if frames else EMPTY_EVENTS)
+        duplicates = 0
+        if self.event_ids is not None and len(events):
+            events, duplicates = self._drop_duplicates(events)
         got = self.users.ingest(events, emitted_at_us=emitted)
         for value in group:
             previous = self.watermarks.get(value.source)
@@ -423,7 +436,26 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
             if value.final:
                 self.finals.add(value.source)
         received_at_us = min(v.received_at_us for v in group)
-        return self._step(got, emitted, received_at_us, force=False)
+        out = self._step(got, emitted, received_at_us, force=False)
+        if duplicates:
+            out.append(("count", "run", {"duplicates": duplicates}))
+        return out
+
+    def _drop_duplicates(self, events: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        """Events (in `seq` order) without those whose `event_id` this shard already accepted
+        within `dedup_horizon` (through another source partition); and how many were dropped."""
+        assert self.event_ids is not None
+        marked = self.event_ids.mark(events.sort("seq"))
+        valid = marked.filter(~pl.col("duplicate"))
+        self.event_ids.remember(valid)
+        top = valid["t_us"].max()
+        if top is not None:
+            newest = int(top)  # type: ignore[arg-type]
+            self.newest_us = newest if self.newest_us is None else max(self.newest_us, newest)
+            horizon = _us(self.cfg.settings.dedup_horizon)
+            lateness = _us(self.cfg.settings.allowed_lateness)
+            self.event_ids.forget_before(self.newest_us - horizon - lateness - 24 * US_PER_HOUR)
+        return valid.drop("duplicate", "_row"), len(marked) - len(valid)
 
     def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
         """One sub-batch (`on_batch` of one)."""
@@ -504,7 +536,9 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         return out
 
     def snapshot(self) -> dict[str, Any]:
+        ids = {} if self.event_ids is None else {"event_ids": self.event_ids.snapshot(), "newest_us": self.newest_us}
         return {
+            **ids,
             "users": self.users.snapshot(),
             "watermarks": dict(self.watermarks),
             "finals": sorted(self.finals),

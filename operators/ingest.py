@@ -3,7 +3,8 @@
 `Admission` sits right after decode. For each micro-batch of decoded events, in arrival order:
 
 1. **duplicate**: an earlier valid record of this partition had the same `event_id` and an event time
-   within `dedup_horizon` of this one. Dropped and counted.
+   within `dedup_horizon` of this one (`EventIds`; with several source partitions the user shards
+   apply the same test across partitions). Dropped and counted.
 2. **late**: the event's local day (in its own zone) has already closed, i.e. the watermark *before*
    the event arrived is past that day's end plus `allowed_lateness` (SPEC: "passes"). Goes to `late_events`.
 3. otherwise **accepted**.
@@ -50,21 +51,100 @@ class Admitted:
     watermark_us: int | None
 
 
-class Admission:
-    """Stateful dedup + watermark + lateness for one source partition (pure: no I/O)."""
+class EventIds:
+    """The `event_id`s of valid records, each with the event time it was last accepted with, and
+    which records of a batch are duplicates (SPEC §2: the same `event_id` within `dedup_horizon`
+    of event time, earlier in this batch or in an earlier one; the first occurrence wins).
 
-    def __init__(self, settings: Settings, *, forget_ids: bool = True) -> None:
-        self.forget_ids = forget_ids
-        self.ooo_us = _us(settings.max_out_of_orderness)
-        self.lateness_us = _us(settings.allowed_lateness)
-        self.horizon_us = _us(settings.dedup_horizon)
-        self.max_event_us: int | None = None
-        #: event_id -> row; `seen_t[row]` the event time it was last accepted with. Rows older
-        #: than `keep_after` count as not seen and are dropped when the rows have doubled.
+    With `forget`, ids whose event time is before `keep_after` count as not seen and are dropped
+    once the rows have doubled (bounded memory for live runs); without, every id is kept.
+    """
+
+    def __init__(self, horizon_us: int, *, forget: bool) -> None:
+        self.horizon_us = horizon_us
+        self.forget = forget
+        #: event_id -> row; `seen_t[row]` the event time it was last accepted with
         self.ids = KeyIndex()
         self.seen_t = np.zeros(0, dtype=np.int64)
         self.keep_after = -(2**62)
         self._compacted = 0
+
+    def mark(self, events: pl.DataFrame) -> pl.DataFrame:
+        """`events` (in arrival order; `event_id`, `t_us`) with `duplicate` (bool) and `_row`
+        (the id's row in the index, -1 for an id not in it) added; pass the rows kept to
+        `remember`."""
+        row = self.ids.lookup(events["event_id"])
+        seen_t = self.seen_t[np.maximum(row, 0)] if len(self.seen_t) else np.zeros(len(row), np.int64)
+        known = (row >= 0) & (seen_t >= self.keep_after)
+        frame = events.with_columns(
+            _seen_t=pl.Series(seen_t, dtype=pl.Int64).set(pl.Series(~known), None),  # type: ignore[arg-type]
+            _row=pl.Series(row, dtype=pl.Int64),
+            _first=pl.col("event_id").is_first_distinct(),
+            _i=pl.int_range(pl.len(), dtype=pl.Int64),
+        )
+        repeats = frame.filter(~pl.col("_first"))
+        if len(repeats):
+            firsts = frame.filter(pl.col("_first")).select("event_id", _first_t="t_us")
+            within = repeats.join(firsts, on="event_id").filter(
+                (pl.col("t_us") - pl.col("_first_t")).abs() <= self.horizon_us
+            )
+            in_batch = pl.col("_i").is_in(within["_i"].implode())
+        else:
+            in_batch = pl.lit(False)
+        earlier = pl.col("_seen_t").is_not_null() & ((pl.col("t_us") - pl.col("_seen_t")).abs() <= self.horizon_us)
+        return frame.with_columns(duplicate=earlier | in_batch).drop("_seen_t", "_first", "_i")
+
+    def remember(self, valid: pl.DataFrame) -> None:
+        """Record the ids of `valid` (rows of `mark` that are not duplicates); a re-used id
+        outside the horizon replaces the old one."""
+        fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
+        old = fresh.filter(pl.col("_row") >= 0)
+        new = fresh.filter(pl.col("_row") < 0)
+        self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
+        self.ids.append(new["event_id"])
+        self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
+
+    def forget_before(self, keep_after_us: int) -> None:
+        """With `forget`: ids of event times before `keep_after_us` count as not seen from now
+        on (compacted when the rows have doubled). Without: nothing."""
+        if not self.forget:
+            return
+        self.keep_after = max(self.keep_after, keep_after_us)
+        if len(self.seen_t) > 2 * self._compacted + 100_000:
+            alive = self.seen_t >= self.keep_after
+            if not alive.all():  # else nothing to drop: the index stays as it is
+                self.ids.replace(self.ids.keys.filter(pl.Series(alive)))
+                self.seen_t = self.seen_t[alive]
+            self._compacted = len(self.seen_t)
+
+    @property
+    def seen(self) -> pl.DataFrame:
+        """The ids that count as seen: event_id, seen_t_us (the event time last accepted)."""
+        alive = self.seen_t >= self.keep_after
+        return pl.DataFrame(
+            {"event_id": self.ids.keys.filter(pl.Series(alive)), "seen_t_us": self.seen_t[alive]}
+        )
+
+    def snapshot(self) -> dict[str, object]:
+        return {"seen": self.seen.to_arrow(), "keep_after": self.keep_after}
+
+    def restore(self, snap: dict[str, object]) -> None:
+        seen: pl.DataFrame = pl.from_arrow(snap["seen"])  # type: ignore[assignment]
+        self.ids = KeyIndex(seen["event_id"])
+        self.seen_t = seen["seen_t_us"].to_numpy().copy()
+        self.keep_after = snap.get("keep_after", -(2**62))  # type: ignore[assignment]
+        self._compacted = len(self.seen_t)
+
+
+class Admission:
+    """Stateful dedup + watermark + lateness for one source partition (pure: no I/O)."""
+
+    def __init__(self, settings: Settings, *, forget_ids: bool = True) -> None:
+        self.ooo_us = _us(settings.max_out_of_orderness)
+        self.lateness_us = _us(settings.allowed_lateness)
+        self.horizon_us = _us(settings.dedup_horizon)
+        self.max_event_us: int | None = None
+        self.event_ids = EventIds(self.horizon_us, forget=forget_ids)
 
     @property
     def watermark_us(self) -> int | None:
@@ -78,27 +158,7 @@ class Admission:
             return Admitted(events, events, 0, self.watermark_us)
 
         # -- duplicates: against earlier batches, then within this batch (first occurrence wins)
-        row = self.ids.lookup(events["event_id"])
-        seen_t = self.seen_t[np.maximum(row, 0)] if len(self.seen_t) else np.zeros(len(row), np.int64)
-        known = (row >= 0) & (seen_t >= self.keep_after)
-        frame = events.with_columns(
-            seen_t_us=pl.Series(seen_t, dtype=pl.Int64).set(pl.Series(~known), None),  # type: ignore[arg-type]
-            _row=pl.Series(row, dtype=pl.Int64),
-            first_in_batch=pl.col("event_id").is_first_distinct(),
-        )
-        repeats = frame.filter(~pl.col("first_in_batch"))
-        if len(repeats):
-            firsts = frame.filter(pl.col("first_in_batch")).select("event_id", first_t="t_us")
-            within = repeats.join(firsts, on="event_id").filter(
-                (pl.col("t_us") - pl.col("first_t")).abs() <= self.horizon_us
-            )
-            frame = frame.with_columns(dup_batch=pl.col("seq").is_in(within["seq"].implode()))
-        else:
-            frame = frame.with_columns(dup_batch=pl.lit(False))
-        dup_prev = pl.col("seen_t_us").is_not_null() & (
-            (pl.col("t_us") - pl.col("seen_t_us")).abs() <= self.horizon_us
-        )
-        frame = frame.with_columns(duplicate=dup_prev | pl.col("dup_batch"))
+        frame = self.event_ids.mark(events)
         duplicates = int(frame["duplicate"].sum())
         valid = frame.filter(~pl.col("duplicate"))
 
@@ -129,43 +189,17 @@ class Admission:
             top = int(batch_max)  # type: ignore[arg-type]
             self.max_event_us = top if self.max_event_us is None else max(self.max_event_us, top)
 
-        # -- remember ids of valid records (a re-used id outside the horizon replaces the old one);
-        #    ids past the horizon count as not seen from now on
-        fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
-        old = fresh.filter(pl.col("_row") >= 0)
-        new = fresh.filter(pl.col("_row") < 0)
-        self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
-        self.ids.append(new["event_id"])
-        self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
-        if self.forget_ids:
-            self.keep_after = (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
-        if self.forget_ids and len(self.seen_t) > 2 * self._compacted + 100_000:
-            self._compact()
+        # -- remember ids of valid records; in live runs, ids past the horizon count as not seen
+        #    from now on (a re-send that old would be late anyway)
+        self.event_ids.remember(valid)
+        self.event_ids.forget_before(
+            (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
+        )
         return Admitted(accepted, late, duplicates, self.watermark_us)
 
-    def _compact(self) -> None:
-        """Drop the ids past the horizon (amortised: when the rows have doubled)."""
-        alive = self.seen_t >= self.keep_after
-        if not alive.all():  # else nothing to drop: the index stays as it is
-            self.ids.replace(self.ids.keys.filter(pl.Series(alive)))
-            self.seen_t = self.seen_t[alive]
-        self._compacted = len(self.seen_t)
-
-    @property
-    def seen(self) -> pl.DataFrame:
-        """The ids that count as seen: event_id, seen_t_us (the event time last accepted)."""
-        alive = self.seen_t >= self.keep_after
-        return pl.DataFrame(
-            {"event_id": self.ids.keys.filter(pl.Series(alive)), "seen_t_us": self.seen_t[alive]}
-        )
-
     def snapshot(self) -> dict[str, object]:
-        return {"max_event_us": self.max_event_us, "seen": self.seen.to_arrow(), "keep_after": self.keep_after}
+        return {"max_event_us": self.max_event_us, **self.event_ids.snapshot()}
 
     def restore(self, snap: dict[str, object]) -> None:
         self.max_event_us = snap["max_event_us"]  # type: ignore[assignment]
-        seen: pl.DataFrame = pl.from_arrow(snap["seen"])  # type: ignore[assignment]
-        self.ids = KeyIndex(seen["event_id"])
-        self.seen_t = seen["seen_t_us"].to_numpy().copy()
-        self.keep_after = snap.get("keep_after", -(2**62))  # type: ignore[assignment]
-        self._compacted = len(self.seen_t)
+        self.event_ids.restore(snap)

@@ -463,3 +463,33 @@ def test_a_tombstone_is_counted_and_dead_lettered(broker: LocalBroker, read_topi
     assert [(key, m["source_ref"], m["reason"]) for key, m in messages] == [
         (f"kafka:{topic}/0/1".encode(), f"kafka:{topic}/0/1", "malformed_json")
     ]
+
+
+def test_a_resend_through_another_partition_is_a_duplicate(
+    broker: LocalBroker, read_topic: ReadTopic, tmp_path: Path
+) -> None:
+    # SPEC §2: a duplicate is the same event_id within dedup_horizon, whatever partition it came
+    # through. e1 is sent to partition 0, and again (same bytes) to partition 1 an event later.
+    topic = f"e2e.resend.{uuid.uuid4().hex[:8]}"
+    broker.create_topics([topic], partitions=2)
+
+    def event(event_id: str, user: str, minute: int) -> bytes:
+        return json.dumps({"event_id": event_id, "user_id": user, "type": "lesson_completed",
+                           "timestamp": f"2026-03-01T10:{minute:02d}:00Z"}).encode()
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce(topic, event("e1", "u1", 0), b"u1", partition=0)
+    producer.produce(topic, event("e2", "u2", 1), b"u2", partition=1)
+    producer.produce(topic, event("e1", "u1", 0), b"resent", partition=1)
+    producer.produce(topic, event("e3", "u1", 2), b"u1", partition=0)
+    assert producer.flush(30) == 0
+    topics = new_topics(broker, topic, "resend")
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+        assert main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
+                     "--out", str(out), *topics.args()]) == 0
+    run = read_table(out, "pipeline_runs").row(0, named=True)
+    assert (run["records_in"], run["accepted"], run["duplicates"], run["late"]) == (4, 3, 1, 0)
+    daily = read_table(out, "user_daily").sort("user_key").select("events").to_series().to_list()
+    assert sorted(daily) == [1, 2]  # u1: e1 once and e3; u2: e2
