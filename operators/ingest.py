@@ -73,9 +73,12 @@ class EventIds:
         """`events` (in arrival order; `event_id`, `t_us`) with `duplicate` (bool) and `_row`
         (the id's row in the index, -1 for an id not in it) added; pass the rows kept to
         `remember`."""
-        row = self.ids.lookup(events["event_id"])
+        ids = events["event_id"]
+        row = self.ids.lookup(ids)
         seen_t = self.seen_t[np.maximum(row, 0)] if len(self.seen_t) else np.zeros(len(row), np.int64)
         known = (row >= 0) & (seen_t >= self.keep_after)
+        if not known.any() and ids.n_unique() == len(ids):  # the usual batch: nothing seen before
+            return events.with_columns(duplicate=pl.lit(False), _row=pl.Series(row, dtype=pl.Int64))
         frame = events.with_columns(
             _seen_t=pl.Series(seen_t, dtype=pl.Int64).set(pl.Series(~known), None),  # type: ignore[arg-type]
             _row=pl.Series(row, dtype=pl.Int64),
@@ -97,6 +100,11 @@ class EventIds:
     def remember(self, valid: pl.DataFrame) -> None:
         """Record the ids of `valid` (rows of `mark` that are not duplicates); a re-used id
         outside the horizon replaces the old one."""
+        rows = valid["_row"].to_numpy()
+        if (rows < 0).all() and valid["event_id"].n_unique() == len(valid):  # all new, distinct
+            self.ids.append(valid["event_id"])
+            self.seen_t = np.concatenate([self.seen_t, valid["t_us"].to_numpy()])
+            return
         fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
         old = fresh.filter(pl.col("_row") >= 0)
         new = fresh.filter(pl.col("_row") < 0)
