@@ -61,7 +61,12 @@ def test_sub_batches_of_two_partitions_merge_into_the_same_result(tmp_path: Path
         | u1   | lesson_completed | 2026-03-02T10:00:00Z |
         """
     )
-    p1 = events("| user | type | timestamp |\n| u2 | quiz_completed | 2026-03-01T11:00:00Z |", seq_start=0)
+    # seq counts per partition (both start at 0); event ids are distinct across partitions, else
+    # the shard would drop the second as a re-send
+    p1 = events(
+        "| event_id | user | type | timestamp |\n| p1-0 | u2 | quiz_completed | 2026-03-01T11:00:00Z |",
+        seq_start=0,
+    )
     mark = to_us("2026-03-02T12:00:00Z")
     sequential = UserLogic("0", cfg, None)
     out_a = list(sequential.on_item(ShardInput(p0, mark, True, "p0", 0))[0])
