@@ -362,12 +362,10 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         #: own records, so a record re-sent through another partition (under another key) is
         #: caught here, where all of a user's events meet (SPEC §2 knows no partitions)
         self.event_ids: EventIds | None = None
-        self.newest_us: int | None = None
         if len(cfg.sources) > 1:
-            self.event_ids = EventIds(_us(cfg.settings.dedup_horizon), forget=cfg.live)
+            self.event_ids = EventIds.of(cfg.settings, forget=cfg.live)
             if resume is not None and "event_ids" in resume:
                 self.event_ids.restore(resume["event_ids"])
-                self.newest_us = resume.get("newest_us")
         #: per source partition: its watermark (None until it has one)
         self.watermarks: dict[str, int | None] = dict.fromkeys(cfg.sources)
         #: source partitions whose finite input has ended
@@ -448,13 +446,6 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         marked = self.event_ids.mark(events.sort("seq"))
         valid = marked.filter(~pl.col("duplicate"))
         self.event_ids.remember(valid)
-        top = valid["t_us"].max()
-        if top is not None:
-            newest = int(top)  # type: ignore[arg-type]
-            self.newest_us = newest if self.newest_us is None else max(self.newest_us, newest)
-            horizon = _us(self.cfg.settings.dedup_horizon)
-            lateness = _us(self.cfg.settings.allowed_lateness)
-            self.event_ids.forget_before(self.newest_us - horizon - lateness - 24 * US_PER_HOUR)
         return valid.drop("duplicate", "_row"), len(marked) - len(valid)
 
     def on_item(self, value: ShardInput) -> tuple[Iterable[Envelope], bool]:
@@ -536,7 +527,7 @@ class UserLogic(StatefulBatchLogic[ShardInput, Envelope, dict[str, Any]]):
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        ids = {} if self.event_ids is None else {"event_ids": self.event_ids.snapshot(), "newest_us": self.newest_us}
+        ids = {} if self.event_ids is None else {"event_ids": self.event_ids.snapshot()}
         return {
             **ids,
             "users": self.users.snapshot(),

@@ -56,18 +56,30 @@ class EventIds:
     which records of a batch are duplicates (SPEC §2: the same `event_id` within `dedup_horizon`
     of event time, earlier in this batch or in an earlier one; the first occurrence wins).
 
-    With `forget`, ids whose event time is before `keep_after` count as not seen and are dropped
-    once the rows have doubled (bounded memory for live runs); without, every id is kept.
+    With `forget`, ids whose event time is more than `horizon_us + margin_us` before the newest
+    event time remembered count as not seen, and are dropped once the rows have doubled (bounded
+    memory for live runs); without, every id is kept.
     """
 
-    def __init__(self, horizon_us: int, *, forget: bool) -> None:
+    def __init__(self, horizon_us: int, *, margin_us: int, forget: bool) -> None:
         self.horizon_us = horizon_us
+        self.margin_us = margin_us
         self.forget = forget
         #: event_id -> row; `seen_t[row]` the event time it was last accepted with
         self.ids = KeyIndex()
         self.seen_t = np.zeros(0, dtype=np.int64)
         self.keep_after = -(2**62)
         self._compacted = 0
+
+    @classmethod
+    def of(cls, settings: Settings, *, forget: bool) -> EventIds:
+        """Ids within `dedup_horizon`; forgotten (with `forget`) `allowed_lateness` + 1 day
+        later, when a re-send would be late anyway."""
+        return cls(
+            _us(settings.dedup_horizon),
+            margin_us=_us(settings.allowed_lateness) + US_PER_DAY,
+            forget=forget,
+        )
 
     def mark(self, events: pl.DataFrame) -> pl.DataFrame:
         """`events` (in arrival order; `event_id`, `t_us`) with `duplicate` (bool) and `_row`
@@ -99,24 +111,28 @@ class EventIds:
 
     def remember(self, valid: pl.DataFrame) -> None:
         """Record the ids of `valid` (rows of `mark` that are not duplicates); a re-used id
-        outside the horizon replaces the old one."""
+        outside the horizon replaces the old one. With `forget`, then forgets the ids past the
+        horizon and margin of the newest event time."""
+        if valid.is_empty():
+            return
         rows = valid["_row"].to_numpy()
         if (rows < 0).all() and valid["event_id"].n_unique() == len(valid):  # all new, distinct
             self.ids.append(valid["event_id"])
             self.seen_t = np.concatenate([self.seen_t, valid["t_us"].to_numpy()])
-            return
-        fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
-        old = fresh.filter(pl.col("_row") >= 0)
-        new = fresh.filter(pl.col("_row") < 0)
-        self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
-        self.ids.append(new["event_id"])
-        self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
+        else:
+            fresh = valid.select("event_id", "t_us", "_row").unique("event_id", keep="last", maintain_order=True)
+            old = fresh.filter(pl.col("_row") >= 0)
+            new = fresh.filter(pl.col("_row") < 0)
+            self.seen_t[old["_row"].to_numpy()] = old["t_us"].to_numpy()
+            self.ids.append(new["event_id"])
+            self.seen_t = np.concatenate([self.seen_t, new["t_us"].to_numpy()])
+        if self.forget:
+            newest = int(valid["t_us"].max())  # type: ignore[arg-type]
+            self._forget_before(newest - self.horizon_us - self.margin_us)
 
-    def forget_before(self, keep_after_us: int) -> None:
-        """With `forget`: ids of event times before `keep_after_us` count as not seen from now
-        on (compacted when the rows have doubled). Without: nothing."""
-        if not self.forget:
-            return
+    def _forget_before(self, keep_after_us: int) -> None:
+        """Ids of event times before `keep_after_us` count as not seen from now on (compacted
+        when the rows have doubled)."""
         self.keep_after = max(self.keep_after, keep_after_us)
         if len(self.seen_t) > 2 * self._compacted + 100_000:
             alive = self.seen_t >= self.keep_after
@@ -150,9 +166,8 @@ class Admission:
     def __init__(self, settings: Settings, *, forget_ids: bool = True) -> None:
         self.ooo_us = _us(settings.max_out_of_orderness)
         self.lateness_us = _us(settings.allowed_lateness)
-        self.horizon_us = _us(settings.dedup_horizon)
         self.max_event_us: int | None = None
-        self.event_ids = EventIds(self.horizon_us, forget=forget_ids)
+        self.event_ids = EventIds.of(settings, forget=forget_ids)
 
     @property
     def watermark_us(self) -> int | None:
@@ -200,9 +215,6 @@ class Admission:
         # -- remember ids of valid records; in live runs, ids past the horizon count as not seen
         #    from now on (a re-send that old would be late anyway)
         self.event_ids.remember(valid)
-        self.event_ids.forget_before(
-            (self.max_event_us or 0) - self.horizon_us - self.lateness_us - US_PER_DAY
-        )
         return Admitted(accepted, late, duplicates, self.watermark_us)
 
     def snapshot(self) -> dict[str, object]:

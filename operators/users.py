@@ -321,10 +321,14 @@ class UserAnalytics:
             self.org_id = self.org_id.extend(pl.Series([None] * grow, dtype=pl.String))
         return pl.DataFrame({"user_key": distinct, "slot": slot})
 
+    def _closing_instant(self, watermark_us: Any) -> Any:
+        """The instant whose local day is the first one still open at `watermark_us` (an int or
+        an Int64 Series): a day closes once the watermark *passes* its end plus the lateness."""
+        return watermark_us - self.lateness_us - 1
+
     def _closed_horizon(self, zone_ids: np.ndarray, as_of_us: int, final: bool) -> np.ndarray:
         """Per user: the last local day the watermark has closed (SPEC §4)."""
-        # a day closes once the watermark *passes* its end plus the lateness (strictly later)
-        instant = as_of_us if final else as_of_us - self.lateness_us - 1
+        instant = as_of_us if final else self._closing_instant(as_of_us)
         used = np.unique(zone_ids)
         days = local_day_of(instant, [self.zones[i] for i in used])
         table = np.zeros(len(self.zones), dtype=np.int32)
@@ -387,11 +391,11 @@ class UserAnalytics:
         if changed.is_empty():
             return None
         late = np.zeros(len(events), dtype=bool)
-        # the last day closed in zone Z at watermark W is the day before the local date of
-        # W - allowed_lateness - 1 us (a day closes once the watermark *passes* its end + lateness)
+        # the days closed in zone Z at watermark W are those before the local date of the
+        # closing instant
         for (zone,), group in changed.partition_by("previous", as_dict=True).items():
             closing = (
-                pl.from_epoch(group["watermark_us"] - self.lateness_us - 1, time_unit="us")
+                pl.from_epoch(self._closing_instant(group["watermark_us"]), time_unit="us")
                 .dt.replace_time_zone("UTC")
                 .dt.convert_time_zone(str(zone))
                 .dt.date()

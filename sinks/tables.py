@@ -170,12 +170,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def create_table_sql(table: Table, *, if_not_exists: bool = False, primary_key: bool = True) -> str:
+def create_table_sql(table: Table, *, primary_key: bool = True) -> str:
     """`CREATE TABLE` for `table` with its PRIMARY KEY (without: add it with `add_key_sql`)."""
     cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in table.schema.items())
     key = f", PRIMARY KEY ({', '.join(_q(k) for k in table.key)})" if primary_key else ""
-    ine = "IF NOT EXISTS " if if_not_exists else ""
-    return f"CREATE TABLE {ine}{_q(table.name)} ({cols}{key})"
+    return f"CREATE TABLE {_q(table.name)} ({cols}{key})"
 
 
 def add_key_sql(table: Table) -> str:
@@ -260,9 +259,10 @@ class TableStore:
     """Writes table rows to <out>/parquet/<table>/date=YYYY-MM-DD/*.parquet and <out>/learnstream.duckdb.
 
     `write` only buffers; `commit` makes everything buffered durable (Parquet, and one DuckDB
-    transaction after it or, with `concurrent_duckdb`, beside it) and returns when both are done. Upsert by key everywhere: a later row for the same
-    key replaces the earlier one. If `commit` raises, the buffer is kept and the next `commit`
-    redoes all of it (every step is an idempotent upsert).
+    transaction after it or, with `concurrent_duckdb`, beside it) and returns when both are done.
+    Upsert by key everywhere: a later row for the same key replaces the earlier one. If `commit`
+    raises, the buffer is kept and the next `commit` redoes all of it (every step is an idempotent
+    upsert).
 
     The DuckDB file is opened only inside `commit` / `delete_rows` and closed again, so analysts can
     open it read-only between commits; while one has it open, a commit waits for up to
@@ -299,8 +299,9 @@ class TableStore:
         #: faster when the machine has a core to spare (the end of a file run), slower for a
         #: live worker sharing the cores (20k events/s on 2 cores: alert p99 ~300 ms instead of
         #: ~245 ms), so live runs commit one after the other
-        self._duck_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-duckdb")
-        self._concurrent_duckdb = concurrent_duckdb
+        self._duck_thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tables-duckdb") if concurrent_duckdb else None
+        )
         self._closed = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
@@ -365,7 +366,8 @@ class TableStore:
             self.commit()
         finally:
             self._closed = True
-            self._duck_thread.shutdown(wait=True)
+            if self._duck_thread is not None:
+                self._duck_thread.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -383,7 +385,8 @@ class TableStore:
             self.close()
         else:  # do not commit half-built output on error; just release the lock
             self._closed = True
-            self._duck_thread.shutdown(wait=True)
+            if self._duck_thread is not None:
+                self._duck_thread.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
@@ -450,7 +453,7 @@ class TableStore:
         # both are native code that releases the GIL (the final commit of the file benchmark:
         # 0.6 s instead of 0.8 s); else DuckDB after Parquet
         duck: Future[float] | None = None
-        if self._concurrent_duckdb:
+        if self._duck_thread is not None:
             duck = self._duck_thread.submit(self._duckdb_upsert, new, states)
         started = time.perf_counter()
         try:

@@ -150,19 +150,25 @@ def file_out(events_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+def stop_at_end_run(broker: LocalBroker, events: str, label: str, out: Path, **env: str) -> Topics:
+    """`learnstream run --source kafka --stop-at-end` in this process, to fresh output topics."""
+    topics = new_topics(broker, events, label)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        code = main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
+                     "--out", str(out), *topics.args()])
+    assert code == 0
+    return topics
+
+
 @pytest.fixture(scope="module")
 def kafka_run(broker: LocalBroker, events_topic: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Topics]:
     """`--stop-at-end` run in this process; small batches so days close while partitions are read
     at different speeds (partition 0 and 2 interleave, partition 1 is empty)."""
     out = tmp_path_factory.mktemp("kafka") / "out"
-    topics = new_topics(broker, events_topic, "stop")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
-        mp.setenv("LEARNSTREAM_BATCH_SIZE", "1000")
-        code = main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
-                     "--out", str(out), *topics.args()])
-    assert code == 0
-    return out, topics
+    return out, stop_at_end_run(broker, events_topic, "stop", out, LEARNSTREAM_BATCH_SIZE="1000")
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -447,12 +453,8 @@ def test_a_tombstone_is_counted_and_dead_lettered(broker: LocalBroker, read_topi
     for value in (good, None, good.replace(b"t1", b"t2")):
         producer.produce(topic, value, b"u1", partition=0)
     assert producer.flush(30) == 0
-    topics = new_topics(broker, topic, "tomb")
     out = tmp_path / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
-        assert main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
-                     "--out", str(out), *topics.args()]) == 0
+    topics = stop_at_end_run(broker, topic, "tomb", out)
     run = read_table(out, "pipeline_runs").row(0, named=True)
     assert (run["records_in"], run["accepted"], run["rejected"]) == (3, 2, 1)
     rejected = read_table(out, "rejected_events").row(0, named=True)
@@ -483,12 +485,8 @@ def test_a_resend_through_another_partition_is_a_duplicate(
     producer.produce(topic, event("e1", "u1", 0), b"resent", partition=1)
     producer.produce(topic, event("e3", "u1", 2), b"u1", partition=0)
     assert producer.flush(30) == 0
-    topics = new_topics(broker, topic, "resend")
     out = tmp_path / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LEARNSTREAM_PSEUDONYM_KEY", SECRET)
-        assert main(["run", "--source", "kafka", "--bootstrap", broker.bootstrap, "--stop-at-end",
-                     "--out", str(out), *topics.args()]) == 0
+    stop_at_end_run(broker, topic, "resend", out)
     run = read_table(out, "pipeline_runs").row(0, named=True)
     assert (run["records_in"], run["accepted"], run["duplicates"], run["late"]) == (4, 3, 1, 0)
     daily = read_table(out, "user_daily").sort("user_key").select("events").to_series().to_list()
